@@ -120,6 +120,8 @@ class DEQLitModule(L.LightningModule):
         )
 
     def _step(self, batch: Any, stage: str) -> torch.Tensor | None:
+        # A step that runs no DEQ must not leave the previous step's statistics to be logged.
+        self.deq_info = None
         metrics = self.model_step(batch, stage)
         self.log_metrics(stage, {k: v.detach() for k, v in metrics.items()}, batch)
         return metrics.get("loss")
