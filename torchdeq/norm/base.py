@@ -1,0 +1,290 @@
+"""The shared machinery of weight reparametrisations: hooking, caching, removal.
+
+A norm replaces a module's Parameter ``name`` (say ``weight``) by parameters and buffers of its
+own, and recomputes the effective weight in a forward pre-hook, so the module's ``forward`` reads
+``module.weight`` as usual.
+
+Why a cache: a DEQ solver calls the layer 20-40 times per forward pass under ``torch.no_grad()``,
+and the effective weight does not change between those calls. So the hook
+
+* with gradients enabled (and a norm parameter requiring grad) always recomputes the weight,
+  giving every call a fresh graph to the underlying parameters: phantom-gradient and IFT steps,
+  ``torch.utils.checkpoint`` recomputation and gradient accumulation over several backward passes
+  all see correct gradients;
+* with gradients disabled reuses a detached weight, recomputed only when the cache is stale. The
+  cache is keyed on the identity, storage pointer and ``_version`` of every tensor the norm owns
+  (an optimizer step, ``load_state_dict`` or any in-place edit bumps ``_version``; ``module.to()``
+  swaps the storage) and on ``module.training``; :meth:`BaseNorm.reset` (called by
+  ``reset_norm``) clears it explicitly. Edits through ``param.data`` bypass the version counter:
+  call ``reset_norm`` after them (an EMA copy updated through ``.data``, for instance).
+
+Between calls the module holds the detached effective weight, not one attached to the autograd
+graph, so ``copy.deepcopy`` works after a forward pass. To differentiate the weight outside a
+forward pass, call the norm's ``compute_weight``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchdeq.utils.checks import OptionError
+from torchdeq.utils.config import get_attr, has_attr
+
+# Option name -> (key in ``deq_args``, conversion). ``deq_args`` wins over keyword arguments.
+_ARG_KEYS = {
+    "learn_scale": ("norm_no_scale", lambda v: not bool(v)),
+    "target_norm": ("norm_target_norm", float),
+    "clip": ("norm_clip", bool),
+    "clip_value": ("norm_clip_value", float),
+    "n_power_iterations": ("sn_n_power_iters", int),
+}
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def pair_names_dims(
+    names: str | Sequence[str], dims: int | None | Sequence[int | None]
+) -> tuple[list[str], list[int | None]]:
+    """Turns ``names`` and ``dims`` (each one value or a list) into two lists of equal length.
+
+    A single ``dims`` value applies to every name.
+
+    Raises:
+        OptionError: If both are lists of different lengths.
+    """
+    names, dims = _as_list(names), _as_list(dims)
+    if len(dims) == 1:
+        dims = dims * len(names)
+    if len(names) != len(dims):
+        raise OptionError(f"names {names!r} and dims {dims!r} must have the same length")
+    return names, dims
+
+
+class BaseNorm:
+    """Base class of weight reparametrisations, registered as a module's forward pre-hook.
+
+    Subclasses define ``_target_modules`` (module class -> ``(names, dims)``, the weights that
+    :func:`torchdeq.norm.apply_norm` normalises; each subclass gets its own copy of its parent's
+    table), :meth:`_reparametrise` (replace the Parameter by the norm's own tensors) and
+    ``compute_weight``. Spectral-norm-like subclasses override :meth:`_weight` and :meth:`reset`.
+
+    Args:
+        names (list[str]): Names of the parameters to normalise.
+        dims (list[int | None]): Per name, the dimension kept by the norm (the output channels).
+        learn_scale (bool): If True, the scale is a learnable Parameter.
+        target_norm (float): The scale when ``learn_scale`` is False (the norm of each slice).
+        clip (bool): If True, the magnitude of the scale is clipped at ``clip_value``.
+        clip_value (float): The bound on the scale when ``clip`` is True.
+    """
+
+    _target_modules: dict[type, tuple[Any, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        # A private copy, so register_norm_module on a subclass never edits its parent's table.
+        cls._target_modules = dict(cls._target_modules)
+
+    def __init__(
+        self,
+        names: list[str],
+        dims: list[int | None],
+        learn_scale: bool = True,
+        target_norm: float = 1.0,
+        clip: bool = False,
+        clip_value: float = 1.0,
+    ):
+        if not target_norm > 0:
+            raise OptionError(f"target_norm must be > 0, got {target_norm!r}")
+        if clip and not clip_value > 0:
+            raise OptionError(f"clip_value must be > 0, got {clip_value!r}")
+        self.names = list(names)
+        self.dims = list(dims)
+        self.learn_scale = bool(learn_scale)
+        self.target_norm = float(target_norm)
+        self.clip = bool(clip)
+        self.clip_value = float(clip_value)
+        self._owned: list[str] = []  # attribute names of the tensors this norm registered
+        self._cache: tuple[tuple, list[torch.Tensor]] | None = None  # (state, weights)
+
+    @classmethod
+    def apply(
+        cls,
+        module: nn.Module,
+        deq_args: Any = None,
+        names: str | Sequence[str] = "weight",
+        dims: int | Sequence[int] = 0,
+        learn_scale: bool = True,
+        target_norm: float = 1.0,
+        clip: bool = False,
+        clip_value: float = 1.0,
+    ) -> BaseNorm:
+        """Applies the normalisation to parameters of ``module``.
+
+        Args:
+            module (torch.nn.Module): The module whose parameters to normalise.
+            deq_args (Union[argparse.Namespace, dict, DEQConfig, Any], optional): Configuration
+                read with ``get_attr``; its keys ``norm_no_scale``, ``norm_target_norm``,
+                ``norm_clip`` and ``norm_clip_value`` win over the keyword arguments.
+            names (list or str, optional): Names of the parameters to normalise. Default 'weight'.
+            dims (list or int, optional): Per name, the dimension kept by the norm. Default 0.
+            learn_scale (bool, optional): If True, learn the scale. Default True.
+            target_norm (float, optional): The fixed scale when not learned. Default 1.
+            clip (bool, optional): If True, clip the magnitude of the scale. Default False.
+            clip_value (float, optional): The bound of the clipped scale. Default 1.
+
+        Returns:
+            BaseNorm: The norm instance, registered as a forward pre-hook of ``module``.
+        """
+        return cls._attach(
+            module,
+            deq_args,
+            names,
+            dims,
+            learn_scale=learn_scale,
+            target_norm=target_norm,
+            clip=clip,
+            clip_value=clip_value,
+        )
+
+    @classmethod
+    def _attach(
+        cls, module: nn.Module, deq_args: Any, names: Any, dims: Any, **options: Any
+    ) -> BaseNorm:
+        for option, (key, convert) in _ARG_KEYS.items():
+            if option in options and has_attr(deq_args, key):
+                options[option] = convert(get_attr(deq_args, key))
+        names, dims = pair_names_dims(names, dims)
+        for i, name in enumerate(names):
+            param = module._parameters.get(name)
+            if not isinstance(param, nn.Parameter):
+                if any(name in hook.names for hook in find_norms(module)):
+                    raise RuntimeError(
+                        f"parameter {name!r} of {type(module).__name__} is already normalised"
+                    )
+                raise OptionError(
+                    f"{type(module).__name__} has no parameter {name!r}; its parameters: "
+                    f"{', '.join(repr(n) for n, p in module._parameters.items() if p is not None)}"
+                )
+            if dims[i] is not None:
+                dims[i] = dims[i] % param.dim() if param.dim() else None
+        norm = cls(names, dims, **options)
+        for name, dim in zip(norm.names, norm.dims):
+            norm._reparametrise(module, name, dim)
+        module.register_forward_pre_hook(norm)
+        module.register_forward_hook(norm._release)
+        with torch.no_grad():
+            norm(module, ())
+        return norm
+
+    # -- subclass contract --------------------------------------------------------------------
+
+    def _reparametrise(self, module: nn.Module, name: str, dim: int | None) -> None:
+        """Replaces Parameter ``name`` by the norm's tensors, registered via :meth:`_own`."""
+        raise NotImplementedError
+
+    def _weight(self, module: nn.Module, name: str, dim: int | None) -> torch.Tensor:
+        """The effective weight from the current tensors (no power iteration or other update)."""
+        return self.compute_weight(module, name, dim)
+
+    def compute_weight(self, module: nn.Module, name: str, dim: int | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- helpers for subclasses ---------------------------------------------------------------
+
+    def _own(self, module: nn.Module, attr: str, tensor: torch.Tensor) -> None:
+        """Registers ``tensor`` on ``module`` (Parameters as parameters, others as buffers)."""
+        if isinstance(tensor, nn.Parameter):
+            module.register_parameter(attr, tensor)
+        else:
+            module.register_buffer(attr, tensor)
+        self._owned.append(attr)
+
+    def _scale(self, learned: torch.Tensor | None) -> torch.Tensor | float:
+        """The scale of the normalised weight: learned or ``target_norm``, clipped if asked."""
+        scale = learned if self.learn_scale else self.target_norm
+        if not self.clip:
+            return scale
+        if isinstance(scale, float):
+            return min(scale, self.clip_value)
+        return scale.clamp(-self.clip_value, self.clip_value)
+
+    # -- hook, reset, remove ------------------------------------------------------------------
+
+    def _state(self, module: nn.Module) -> tuple:
+        """What the effective weight depends on: the mode and the tensors the norm owns."""
+        tensors = tuple(getattr(module, attr) for attr in self._owned)
+        return module.training, tensors, tuple((t.data_ptr(), t._version) for t in tensors)
+
+    def _is_cached(self, state: tuple) -> bool:
+        if self._cache is None:
+            return False
+        training, tensors, versions = self._cache[0]
+        # Identity too, not only pointers: the cache holds the tensors, so a tensor swapped in
+        # (torch.func.functional_call) can never reuse a cached one's memory and version.
+        return (
+            training == state[0]
+            and versions == state[2]
+            and all(a is b for a, b in zip(tensors, state[1]))
+        )
+
+    def _weights(self, module: nn.Module) -> list[torch.Tensor]:
+        return [self._weight(module, n, d) for n, d in zip(self.names, self.dims)]
+
+    def __call__(self, module: nn.Module, inputs: Any) -> None:
+        state = self._state(module)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in state[1]):
+            weights = self._weights(module)
+            self._cache = (state, [w.detach() for w in weights])
+        else:
+            if not self._is_cached(state):
+                with torch.no_grad():
+                    self._cache = (state, self._weights(module))
+            weights = self._cache[1]
+        for name, weight in zip(self.names, weights):
+            module.__dict__[name] = weight  # a plain attribute; skips nn.Module.__setattr__
+
+    def _release(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        # After forward the module keeps the detached weight, not one holding the autograd graph:
+        # the graph lives on through the output alone, and copy.deepcopy(module) keeps working.
+        if self._cache is not None:
+            for name, weight in zip(self.names, self._cache[1]):
+                module.__dict__[name] = weight
+
+    def reset(self, module: nn.Module) -> None:
+        """Drops the cached weight, so the next call recomputes it.
+
+        Args:
+            module (torch.nn.Module): The module this norm is registered on.
+        """
+        self._cache = None
+
+    def remove(self, module: nn.Module) -> None:
+        """Removes the normalisation, restoring plain Parameters equal to the effective weights.
+
+        Args:
+            module (torch.nn.Module): The module to remove the normalisation from.
+        """
+        with torch.no_grad():
+            weights = self._weights(module)
+        requires_grad = any(getattr(module, attr).requires_grad for attr in self._owned)
+        for attr in self._owned:
+            delattr(module, attr)
+        for name, weight in zip(self.names, weights):
+            module.__dict__.pop(name, None)
+            module.register_parameter(name, nn.Parameter(weight.clone(), requires_grad))
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for key, hook in list(hooks.items()):
+                if hook is self or getattr(hook, "__self__", None) is self:
+                    del hooks[key]
+        self._owned, self._cache = [], None
+
+
+def find_norms(module: nn.Module) -> list[BaseNorm]:
+    """The norms registered as forward pre-hooks of ``module`` itself (not its children)."""
+    return [hook for hook in module._forward_pre_hooks.values() if isinstance(hook, BaseNorm)]
