@@ -75,10 +75,13 @@ class DEQLitModule(L.LightningModule):
             raise ValueError(
                 f"unknown scheduler_interval {scheduler_interval!r}; valid choices: 'epoch', 'step'"
             )
-        # The net's weights live in the checkpoint's state_dict; keeping the module out of the
-        # hyperparameters avoids pickling it twice.
-        self.save_hyperparameters(logger=False, ignore=["net"])
+        # The net's weights live in the checkpoint's state_dict, and the optimiser factories are
+        # config (saved by Hydra with the run): pickling them into the checkpoint would keep it
+        # from loading with torch.load(weights_only=True).
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
         self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.deq_info: Mapping[str, torch.Tensor] | None = None
         self.sradius_mode = False
 
@@ -143,10 +146,10 @@ class DEQLitModule(L.LightningModule):
         return self.parameters()
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.hparams.optimizer(params=self.optim_params())
-        if self.hparams.scheduler is None:
+        optimizer = self.optimizer_factory(params=self.optim_params())
+        if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.hparams.scheduler(optimizer=optimizer)
+        scheduler = self.scheduler_factory(optimizer=optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {

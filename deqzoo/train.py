@@ -27,6 +27,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from deqzoo import ROOT
 from deqzoo.instantiate import instantiate_named
 
 __all__ = ["train", "main"]
@@ -114,7 +115,9 @@ def train(cfg: DictConfig) -> float | None:
     return value
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+# An absolute path: relative ones are read as Python packages when this module is imported as
+# deqzoo.train, and conf/ is a folder of YAML files, not a package.
+@hydra.main(config_path=str(ROOT / "conf"), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point: composes ``conf/train.yaml`` with the command line and trains."""
     try:
