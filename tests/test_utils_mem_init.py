@@ -1,0 +1,90 @@
+"""Tests of torchdeq.utils.mem (mem_gc) and torchdeq.utils.init (mixed_init)."""
+
+import pytest
+import torch
+from torch import nn
+
+from torchdeq.utils.init import mixed_init
+from torchdeq.utils.mem import mem_gc
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+class Cell(nn.Module):
+    """A few unrolled fixed-point steps z <- tanh(W z + x): an iterative graph."""
+
+    def __init__(self, d=6, steps=5):
+        super().__init__()
+        self.linear = nn.Linear(d, d).double()
+        self.steps = steps
+
+    def forward(self, z, x):
+        for _ in range(self.steps):
+            z = torch.tanh(self.linear(z) + x)
+        return z
+
+
+def grads(model, *inputs):
+    return [p.grad.clone() for p in model.parameters()] + [t.grad.clone() for t in inputs]
+
+
+def test_mem_gc_gradients_equal_plain_backward():
+    cell = Cell()
+    z = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    out = cell(z, x)
+    out.pow(2).sum().backward()
+    expected = grads(cell, z, x)
+    cell.zero_grad()
+    z.grad = x.grad = None
+
+    out_gc = mem_gc(cell, (z, x))
+    torch.testing.assert_close(out_gc, out.detach(), rtol=0, atol=0)
+    out_gc.pow(2).sum().backward()
+    for got, want in zip(grads(cell, z, x), expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_mem_gc_stores_fewer_tensors_than_plain_forward():
+    cell = Cell(steps=10)
+    z = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 6, dtype=torch.float64)
+
+    def count_saved(fn):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            fn()
+        return len(saved)
+
+    assert count_saved(lambda: mem_gc(cell, (z, x))) < count_saved(lambda: cell(z, x)) // 4
+
+
+def test_mem_gc_accepts_single_tensor_and_no_arguments():
+    layer = nn.Linear(4, 2).double()
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(mem_gc(layer, x), layer(x))
+    constant = torch.randn(2, dtype=torch.float64)
+    torch.testing.assert_close(mem_gc(lambda: constant * 2), constant * 2)
+
+
+def test_mixed_init_shape_and_zero_fraction():
+    z = mixed_init((100, 10, 100))
+    assert z.shape == (100, 10, 100) and z.dtype == torch.get_default_dtype()
+    zero = z == 0
+    # Bernoulli(0.5) over 1e5 entries: standard error 0.0016.
+    assert zero.double().mean().item() == pytest.approx(0.5, abs=0.01)
+    kept = z[~zero]
+    assert kept.mean().item() == pytest.approx(0.0, abs=0.02)
+    assert kept.std().item() == pytest.approx(1.0, abs=0.02)
+
+
+def test_mixed_init_device_dtype_and_randomness():
+    a = mixed_init(torch.Size([4, 8]), device="cpu", dtype=torch.float64)
+    b = mixed_init([4, 8], device=torch.device("cpu"), dtype=torch.float64)
+    assert a.device.type == "cpu" and a.dtype == torch.float64
+    assert not torch.equal(a, b)
