@@ -70,7 +70,7 @@ class SweepSummary(Callback):
             "status": job_return.status.name,
             "value": value if isinstance(value, int | float) or value is None else str(value),
             "error": None if ok else repr(job_return._return_value),
-            "dir": job_return.working_dir or hydra_cfg.runtime.output_dir,
+            "dir": job_return.working_dir,
         }
         # One short line per job: appends from parallel workers do not interleave.
         with open(Path(hydra_cfg.sweep.dir) / SUMMARY, "a") as f:

@@ -89,8 +89,11 @@ def train(cfg: DictConfig) -> float | None:
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False
     )
-    for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    if trainer.loggers:
+        # The Hydra node (present when composed by the tests) is Hydra's own business.
+        run_cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+        for logger in trainer.loggers:
+            logger.log_hyperparams(OmegaConf.to_container(run_cfg, resolve=True))
 
     metrics: dict[str, float] = {}
     if cfg.train:

@@ -1,0 +1,96 @@
+"""A toy DEQ project for the framework tests: a tanh equilibrium layer on 8x8 digits.
+
+Its configs live in ``tests/framework_toy/conf`` and join the real ones through
+``hydra.searchpath``, so deqzoo itself knows no project by name.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from torch import nn
+
+from deqzoo import ROOT
+from deqzoo.module import DEQLitModule
+from torchdeq.core import get_deq
+from torchdeq.dropout import VariationalDropout
+from torchdeq.norm import apply_norm
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+class ToyDEQNet(nn.Module):
+    """z* = dropout(tanh(W z* + U x)), logits = V z*; one set of logits per returned state."""
+
+    def __init__(self, in_features=64, hidden=16, num_classes=10, deq=None, norm=None, dropout=0.0):
+        super().__init__()
+        self.inject = nn.Linear(in_features, hidden)
+        self.cell = nn.Linear(hidden, hidden, bias=False)
+        self.drop = VariationalDropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(hidden, num_classes)
+        if norm is not None:
+            apply_norm(self.cell, args=norm)
+        self.deq = get_deq(deq)
+
+    def forward(self, x, sradius_mode=False):
+        u = self.inject(x.flatten(1))
+
+        def f(z):
+            return self.drop(torch.tanh(self.cell(z) + u))
+
+        states, info = self.deq(f, torch.zeros_like(u), sradius_mode=sradius_mode)
+        return [self.head(z) for z in states], info
+
+
+class ToyModule(DEQLitModule):
+    """Cross-entropy averaged over the returned states; accuracy of the last one."""
+
+    def model_step(self, batch, stage):
+        x, y = batch
+        logits = self(x)
+        loss = sum(nn.functional.cross_entropy(out, y) for out in logits) / len(logits)
+        acc = (logits[-1].argmax(-1) == y).float().mean()
+        return {"loss": loss, "acc": acc}
+
+
+# ---- test helpers -------------------------------------------------------------------------------
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+SEARCHPATH = f"hydra.searchpath=[file://{CONF_DIR}]"
+
+
+def compose_config(overrides=(), output_dir=None):
+    """Composes conf/train.yaml (plus the toy configs) as ``python train.py`` would.
+
+    The Hydra node is kept and registered, so ``${hydra:...}`` interpolations resolve; the run
+    folder and log folder are moved to ``output_dir``.
+    """
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[SEARCHPATH, *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+            cfg.paths.log_dir = str(output_dir)
+    return cfg
+
+
+def run_train_py(args, cwd=ROOT, timeout=300):
+    """Runs ``python train.py ARGS`` with the toy project importable; returns the result."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), str(ROOT)]))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args, SEARCHPATH],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
