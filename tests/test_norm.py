@@ -2,6 +2,7 @@
 
 import argparse
 import copy
+import io
 from collections import OrderedDict
 
 import pytest
@@ -86,9 +87,10 @@ def test_weight_norm_gradients_match_finite_differences():
         params = {"weight_g": g, "weight_v": v, "bias": layer.bias}
         return torch.func.functional_call(layer, params, (x,))
 
-    g = layer.weight_g.detach().clone().requires_grad_() * 0.7
+    g = (layer.weight_g.detach() * 0.7).requires_grad_()
     v = layer.weight_v.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(f, (g, v))
+    assert torch.autograd.gradgradcheck(f, (g, v))
 
 
 def test_weight_norm_gradients_reach_g_and_v():
@@ -149,19 +151,24 @@ def test_norm_caches_weight_without_grad(monkeypatch):
     for out in outs:
         torch.testing.assert_close(out, outs[0], rtol=0, atol=0)
 
-    grad_outs = [layer(x) for _ in range(3)]  # e.g. phantom-gradient steps
-    assert len(calls) == 4
+    grad_outs = [layer(x) for _ in range(3)]  # e.g. phantom-gradient steps share one graph
+    assert len(calls) == 2
     assert all(out.grad_fn is not None for out in grad_outs)
+    sum(out.sum() for out in grad_outs).backward()
+    layer(x).sum().backward()  # the shared weight graph survives a backward pass
+    assert len(calls) == 2
 
     reset_norm(layer)
     with torch.no_grad():
         layer(x), layer(x)
-    assert len(calls) == 5
+    assert len(calls) == 3
+    layer(x)
+    assert len(calls) == 4
 
     layer.eval()
     with torch.no_grad():
         layer(x)
-    assert len(calls) == 6
+    assert len(calls) == 5
 
 
 def test_norm_cache_follows_optimizer_step():
@@ -237,14 +244,38 @@ def test_norm_phantom_gradient_matches_plain_model():
     torch.testing.assert_close(layer.weight_v.grad, v.grad)
 
 
-def test_norm_module_keeps_no_graph_after_forward():
+@pytest.mark.parametrize("norm_type", ["weight_norm", "spectral_norm"])
+def test_norm_gradients_under_checkpoint_match_plain_backward(norm_type):
+    layer = nn.Linear(4, 4).double()
+    apply_norm(layer, norm_type)
+    x = torch.randn(3, 4, dtype=torch.float64)
+
+    def f(z):
+        return torch.tanh(layer(torch.tanh(layer(z) + x)) + x)
+
+    f(x).pow(2).sum().backward()
+    expected = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    torch.utils.checkpoint.checkpoint(f, x, use_reentrant=False).pow(2).sum().backward()
+    for p, g in zip(layer.parameters(), expected):
+        torch.testing.assert_close(p.grad, g)
+
+
+@pytest.mark.parametrize("norm_type", ["weight_norm", "spectral_norm"])
+def test_norm_module_deepcopies_and_pickles_after_forward(norm_type):
     layer = nn.Linear(4, 4)
-    apply_norm(layer)
+    apply_norm(layer, norm_type)
     layer(torch.randn(2, 4)).sum()
     assert layer.weight.grad_fn is None
-    clone = copy.deepcopy(layer)  # fails on a non-leaf tensor attribute
     x = torch.randn(2, 4)
-    torch.testing.assert_close(clone(x), layer(x))
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    for clone in (copy.deepcopy(layer), torch.load(buffer, weights_only=False)):
+        torch.testing.assert_close(clone(x), layer(x))
+        clone(x).sum().backward()
+        assert all(p.grad is not None for p in clone.parameters())
+        assert all(p.grad is None for p in layer.parameters())
 
 
 # -- removal ----------------------------------------------------------------------------------

@@ -1,22 +1,23 @@
 """The shared machinery of weight reparametrisations: hooking, caching, removal.
 
 A norm replaces a module's Parameter ``name`` (say ``weight``) by parameters and buffers of its
-own, and recomputes the effective weight in a forward pre-hook, so the module's ``forward`` reads
+own, and sets the effective weight in a forward pre-hook, so the module's ``forward`` reads
 ``module.weight`` as usual.
 
 Why a cache: a DEQ solver calls the layer 20-40 times per forward pass under ``torch.no_grad()``,
-and the effective weight does not change between those calls. So the hook
+then a few times with gradients (phantom-gradient or IFT steps), and the effective weight does
+not change in between. So the weight is computed at most twice per parameter update: once
+without a graph for the no-grad calls, once with a graph at the first grad-enabled call. The
+graph-attached weight is the output of :class:`_Reusable`, whose backward re-runs the weight's
+own graph with ``retain_graph=True``: every grad-enabled call shares it, the weight's backward
+runs once per backward pass however many calls used it, and gradient accumulation over several
+backward passes (or ``torch.utils.checkpoint`` recomputation) works without a new forward.
 
-* with gradients enabled (and a norm parameter requiring grad) always recomputes the weight,
-  giving every call a fresh graph to the underlying parameters: phantom-gradient and IFT steps,
-  ``torch.utils.checkpoint`` recomputation and gradient accumulation over several backward passes
-  all see correct gradients;
-* with gradients disabled reuses a detached weight, recomputed only when the cache is stale. The
-  cache is keyed on the identity, storage pointer and ``_version`` of every tensor the norm owns
-  (an optimizer step, ``load_state_dict`` or any in-place edit bumps ``_version``; ``module.to()``
-  swaps the storage) and on ``module.training``; :meth:`BaseNorm.reset` (called by
-  ``reset_norm``) clears it explicitly. Edits through ``param.data`` bypass the version counter:
-  call ``reset_norm`` after them (an EMA copy updated through ``.data``, for instance).
+The cache is keyed on the identity, storage pointer and ``_version`` of every tensor the norm
+owns (an optimizer step, ``load_state_dict`` or any in-place edit bumps ``_version``;
+``module.to()`` swaps the storage) and on ``module.training``; :meth:`BaseNorm.reset` (called by
+``reset_norm``) clears it explicitly. Edits through ``param.data`` bypass the version counter:
+call ``reset_norm`` after them (an EMA copy updated through ``.data``, for instance).
 
 Between calls the module holds the detached effective weight, not one attached to the autograd
 graph, so ``copy.deepcopy`` works after a forward pass. To differentiate the weight outside a
@@ -26,7 +27,7 @@ forward pass, call the norm's ``compute_weight``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -42,6 +43,40 @@ _ARG_KEYS = {
     "clip_value": ("norm_clip_value", float),
     "n_power_iterations": ("sn_n_power_iters", int),
 }
+
+
+class _Reusable(torch.autograd.Function):
+    """Wraps graph-attached weights so that any number of backward passes can use them.
+
+    ``forward(ctx, weights, *params)`` returns detached copies of ``weights`` (a list, hidden
+    from autograd) linked to ``params``, the tensors the weights were computed from. Its
+    backward differentiates the kept ``weights`` graph with ``retain_graph=True``, so the graph
+    is never freed while the cache holds it, and ``create_graph`` when double backward asks.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, weights: list[torch.Tensor], *params: torch.Tensor) -> tuple:
+        ctx.weights, ctx.params = tuple(weights), params
+        return tuple(w.detach() for w in weights)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple:
+        param_grads = torch.autograd.grad(
+            ctx.weights,
+            ctx.params,
+            grads,
+            retain_graph=True,
+            create_graph=torch.is_grad_enabled(),
+            allow_unused=True,
+        )
+        return (None, *param_grads)
+
+
+class _Cached(NamedTuple):
+    state: tuple  # what the weights were computed from, see BaseNorm._state
+    weights: list[torch.Tensor]  # what the forward pass uses
+    detached: list[torch.Tensor]  # what the module holds between calls
+    graph: bool  # whether ``weights`` are attached to the autograd graph
 
 
 def _as_list(value: Any) -> list:
@@ -110,7 +145,7 @@ class BaseNorm:
         self.clip = bool(clip)
         self.clip_value = float(clip_value)
         self._owned: list[str] = []  # attribute names of the tensors this norm registered
-        self._cache: tuple[tuple, list[torch.Tensor]] | None = None  # (state, weights)
+        self._cache: _Cached | None = None
 
     @classmethod
     def apply(
@@ -218,13 +253,15 @@ class BaseNorm:
 
     def _state(self, module: nn.Module) -> tuple:
         """What the effective weight depends on: the mode and the tensors the norm owns."""
-        tensors = tuple(getattr(module, attr) for attr in self._owned)
+        # Straight from the dicts: this runs at every call, nn.Module.__getattr__ is slow.
+        params, buffers = module._parameters, module._buffers
+        tensors = tuple(params[a] if a in params else buffers[a] for a in self._owned)
         return module.training, tensors, tuple((t.data_ptr(), t._version) for t in tensors)
 
     def _is_cached(self, state: tuple) -> bool:
         if self._cache is None:
             return False
-        training, tensors, versions = self._cache[0]
+        training, tensors, versions = self._cache.state
         # Identity too, not only pointers: the cache holds the tensors, so a tensor swapped in
         # (torch.func.functional_call) can never reuse a cached one's memory and version.
         return (
@@ -233,19 +270,29 @@ class BaseNorm:
             and all(a is b for a, b in zip(tensors, state[1]))
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies and pickles start without the cache: it may hold graph-attached weights, which
+        # copy.deepcopy refuses, and the copy's tensors are new ones anyway.
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
     def _weights(self, module: nn.Module) -> list[torch.Tensor]:
         return [self._weight(module, n, d) for n, d in zip(self.names, self.dims)]
 
     def __call__(self, module: nn.Module, inputs: Any) -> None:
         state = self._state(module)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in state[1]):
-            weights = self._weights(module)
-            self._cache = (state, [w.detach() for w in weights])
-        else:
-            if not self._is_cached(state):
-                with torch.no_grad():
-                    self._cache = (state, self._weights(module))
-            weights = self._cache[1]
+        params = [t for t in state[1] if t.requires_grad]
+        if torch.is_grad_enabled() and params:
+            if not (self._is_cached(state) and self._cache.graph):
+                weights = list(_Reusable.apply(self._weights(module), *params))
+                self._cache = _Cached(state, weights, [w.detach() for w in weights], True)
+        elif not self._is_cached(state):
+            with torch.no_grad():
+                weights = self._weights(module)
+            self._cache = _Cached(state, weights, weights, False)
+        cache = self._cache
+        weights = cache.weights if torch.is_grad_enabled() else cache.detached
         for name, weight in zip(self.names, weights):
             module.__dict__[name] = weight  # a plain attribute; skips nn.Module.__setattr__
 
@@ -253,7 +300,7 @@ class BaseNorm:
         # After forward the module keeps the detached weight, not one holding the autograd graph:
         # the graph lives on through the output alone, and copy.deepcopy(module) keeps working.
         if self._cache is not None:
-            for name, weight in zip(self.names, self._cache[1]):
+            for name, weight in zip(self.names, self._cache.detached):
                 module.__dict__[name] = weight
 
     def reset(self, module: nn.Module) -> None:
