@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["SweepSummary", "read_summary"]
 
@@ -34,7 +34,8 @@ def read_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
     Returns:
         list[dict[str, Any]]: One record per finished job with keys ``num``, ``overrides``,
-        ``status`` (``'COMPLETED'`` or ``'FAILED'``), ``value``, ``error`` and ``dir``.
+        ``status`` (``'COMPLETED'`` or ``'FAILED'``), ``value`` (the returned metric),
+        ``error`` and ``dir`` (the job's run folder).
 
     Example:
         >>> read_summary("/nonexistent")
@@ -70,7 +71,7 @@ class SweepSummary(Callback):
             "status": job_return.status.name,
             "value": value if isinstance(value, int | float) or value is None else str(value),
             "error": None if ok else repr(job_return._return_value),
-            "dir": job_return.working_dir,
+            "dir": OmegaConf.select(hydra_cfg, "runtime.output_dir", default=None),
         }
         # One short line per job: appends from parallel workers do not interleave.
         with open(Path(hydra_cfg.sweep.dir) / SUMMARY, "a") as f:

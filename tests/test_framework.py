@@ -209,6 +209,7 @@ def test_framework_multirun_2x2_sweeps_solvers_and_gradients(tmp_path):
     assert folders == [
         f"grad={g},solver={s}" for g in ("ift", "phantom") for s in ("anderson", "broyden")
     ]
+    assert sorted(Path(r["dir"]).name for r in records) == folders
 
 
 @pytest.mark.slow

@@ -6,6 +6,8 @@ Its configs live in ``tests/framework_toy/conf`` and join the real ones through
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import subprocess
 import sys
@@ -66,14 +68,20 @@ TESTS_DIR = Path(__file__).resolve().parents[1]
 SEARCHPATH = f"hydra.searchpath=[file://{CONF_DIR}]"
 
 
+@functools.lru_cache(maxsize=64)
+def _compose(overrides: tuple[str, ...]):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=[SEARCHPATH, *overrides], return_hydra_config=True)
+
+
 def compose_config(overrides=(), output_dir=None):
     """Composes conf/train.yaml (plus the toy configs) as ``python train.py`` would.
 
     The Hydra node is kept and registered, so ``${hydra:...}`` interpolations resolve; the run
-    folder and log folder are moved to ``output_dir``.
+    folder and log folder are moved to ``output_dir``. Compositions are cached (a copy is
+    returned) because Hydra takes most of a second per composition.
     """
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[SEARCHPATH, *overrides], return_hydra_config=True)
+    cfg = copy.deepcopy(_compose(tuple(overrides)))
     HydraConfig.instance().set_config(cfg)
     if output_dir is not None:
         with open_dict(cfg):
