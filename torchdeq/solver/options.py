@@ -1,0 +1,125 @@
+"""Validation of solver options: unknown names and invalid values raise OptionError."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torchdeq.utils.checks import OptionError, check_choice, check_kwargs
+
+STOP_MODES = ("abs", "rel")
+
+_POS_ONLY = inspect.Parameter.POSITIONAL_ONLY
+_POS_OR_KW = inspect.Parameter.POSITIONAL_OR_KEYWORD
+_VAR_POS = inspect.Parameter.VAR_POSITIONAL
+_VAR_KW = inspect.Parameter.VAR_KEYWORD
+
+
+def _option_params(solver: Callable) -> tuple[list[inspect.Parameter], bool]:
+    """The named parameters after ``(func, x0)``, and whether ``solver`` takes ``**kwargs``."""
+    params = list(inspect.signature(solver).parameters.values())
+    positional = [p for p in params if p.kind in (_POS_ONLY, _POS_OR_KW)]
+    skip = {p.name for p in positional[:2]}
+    named = [p for p in params if p.name not in skip and p.kind not in (_VAR_POS, _VAR_KW)]
+    return named, any(p.kind is _VAR_KW for p in params)
+
+
+def named_options(solver: Callable) -> frozenset[str] | None:
+    """Names of the keyword options ``solver`` takes beyond ``(func, x0)``.
+
+    Args:
+        solver (callable): A solver function ``solver(func, x0, ...)``.
+
+    Returns:
+        frozenset[str] | None: The option names, or None when ``solver`` takes ``**kwargs``
+        without declaring (through a ``strict_options`` attribute, see :func:`strict_options`)
+        that it rejects unknown ones.
+
+    Example:
+        >>> named_options(lambda func, x0, max_iter=10: None)
+        frozenset({'max_iter'})
+    """
+    declared = getattr(solver, "strict_options", None)
+    if declared is not None:
+        return frozenset(declared)
+    named, var_kw = _option_params(solver)
+    return None if var_kw else frozenset(p.name for p in named)
+
+
+def strict_options(solver: Callable) -> Callable:
+    """Makes ``solver`` reject keyword options that its signature does not name.
+
+    The spec keeps ``**kwargs`` in every solver signature; this wrapper turns any key that
+    lands there into an :class:`OptionError` naming it and the valid options, and records the
+    valid names in the ``strict_options`` attribute (read by ``solver_options``).
+
+    Args:
+        solver (callable): A solver ``solver(func, x0, ..., **kwargs)``.
+
+    Returns:
+        callable: The checked solver, with the same signature and docstring.
+
+    Example:
+        >>> @strict_options
+        ... def my_solver(func, x0, max_iter=10, **kwargs):
+        ...     return x0, [], {}
+        >>> sorted(my_solver.strict_options)
+        ['max_iter']
+    """
+    names = frozenset(p.name for p in _option_params(solver)[0])
+
+    @functools.wraps(solver)
+    def checked(func: Callable, x0: Any, *args: Any, **kwargs: Any) -> Any:
+        check_kwargs(solver.__name__, {k: v for k, v in kwargs.items() if k not in names}, names)
+        return solver(func, x0, *args, **kwargs)
+
+    checked.strict_options = names
+    return checked
+
+
+def check_int(where: str, name: str, value: Any, low: int) -> int:
+    """Returns ``value`` as an int if it is an integer ``>= low``; raises OptionError otherwise."""
+    try:
+        as_int = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        as_int = None
+    if as_int is None or as_int < low:
+        raise OptionError(f"{where}: {name} must be an integer >= {low}, got {value!r}")
+    return as_int
+
+
+def check_real(
+    where: str, name: str, value: Any, low: float | None = None, strict: bool = False
+) -> float:
+    """Returns ``value`` as a float if it is a finite real above ``low`` (or equal, unless strict).
+
+    Raises:
+        OptionError: Naming ``value`` and the valid range.
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if strict else value >= low
+    if not ok:
+        bound = "" if low is None else f" {'>' if strict else '>='} {low}"
+        raise OptionError(f"{where}: {name} must be a finite number{bound}, got {value!r}")
+    return float(value)
+
+
+def check_stop_mode(value: Any) -> str:
+    """Returns ``value`` if it is ``'abs'`` or ``'rel'``; raises :class:`OptionError` otherwise."""
+    return check_choice("stop_mode", value, STOP_MODES)
+
+
+def check_indexing(where: str, indexing: Any) -> list[int]:
+    """Returns ``indexing`` as a list of step numbers ``>= 1`` (``[]`` for None)."""
+    if indexing is None:
+        return []
+    if isinstance(indexing, (str, bytes)) or not isinstance(indexing, Sequence):
+        raise OptionError(
+            f"{where}: indexing must be None or a list of steps >= 1, got {indexing!r}"
+        )
+    return [check_int(where, "every indexing entry", i, 1) for i in indexing]
