@@ -197,6 +197,18 @@ def test_norm_cache_follows_dtype_change():
         assert layer(torch.randn(2, 4, dtype=torch.float64)).dtype == torch.float64
 
 
+def test_norm_cache_follows_swapped_tensors():
+    """A transposed view shares storage and version with the original: only identity differs."""
+    layer = nn.Linear(4, 4, bias=False).double()
+    apply_norm(layer, learn_scale=False)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    v_t = layer.weight_v.detach().t()
+    with torch.no_grad():
+        layer(x)
+        out = torch.func.functional_call(layer, {"weight_v": v_t}, (x,))
+    torch.testing.assert_close(out, x @ (v_t / v_t.norm(dim=1, keepdim=True)).t())
+
+
 def test_norm_gradient_accumulation_over_two_backward_passes():
     layer = nn.Linear(4, 4).double()
     apply_norm(layer)

@@ -26,6 +26,7 @@ forward pass, call the norm's ``compute_weight``.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -73,9 +74,11 @@ class _Reusable(torch.autograd.Function):
 
 
 class _Cached(NamedTuple):
-    state: tuple  # what the weights were computed from, see BaseNorm._state
-    weights: list[torch.Tensor]  # what the forward pass uses
-    detached: list[torch.Tensor]  # what the module holds between calls
+    training: bool  # the module's mode ...
+    tensors: list[torch.Tensor]  # ... and the tensors the weights were computed from,
+    versions: list[tuple[int, int]]  # with their storage pointers and versions
+    weights: list[torch.Tensor]  # what grad-enabled calls use
+    detached: list[torch.Tensor]  # what no-grad calls use and the module holds between calls
     graph: bool  # whether ``weights`` are attached to the autograd graph
 
 
@@ -251,25 +254,6 @@ class BaseNorm:
 
     # -- hook, reset, remove ------------------------------------------------------------------
 
-    def _state(self, module: nn.Module) -> tuple:
-        """What the effective weight depends on: the mode and the tensors the norm owns."""
-        # Straight from the dicts: this runs at every call, nn.Module.__getattr__ is slow.
-        params, buffers = module._parameters, module._buffers
-        tensors = tuple(params[a] if a in params else buffers[a] for a in self._owned)
-        return module.training, tensors, tuple((t.data_ptr(), t._version) for t in tensors)
-
-    def _is_cached(self, state: tuple) -> bool:
-        if self._cache is None:
-            return False
-        training, tensors, versions = self._cache.state
-        # Identity too, not only pointers: the cache holds the tensors, so a tensor swapped in
-        # (torch.func.functional_call) can never reuse a cached one's memory and version.
-        return (
-            training == state[0]
-            and versions == state[2]
-            and all(a is b for a, b in zip(tensors, state[1]))
-        )
-
     def __getstate__(self) -> dict[str, Any]:
         # Copies and pickles start without the cache: it may hold graph-attached weights, which
         # copy.deepcopy refuses, and the copy's tensors are new ones anyway.
@@ -281,19 +265,33 @@ class BaseNorm:
         return [self._weight(module, n, d) for n, d in zip(self.names, self.dims)]
 
     def __call__(self, module: nn.Module, inputs: Any) -> None:
-        state = self._state(module)
-        params = [t for t in state[1] if t.requires_grad]
-        if torch.is_grad_enabled() and params:
-            if not (self._is_cached(state) and self._cache.graph):
-                weights = list(_Reusable.apply(self._weights(module), *params))
-                self._cache = _Cached(state, weights, [w.detach() for w in weights], True)
-        elif not self._is_cached(state):
+        # Runs at every call of the module: read the dicts, not nn.Module.__getattr__.
+        params, buffers = module._parameters, module._buffers
+        tensors = [params[a] if a in params else buffers[a] for a in self._owned]
+        versions = [(t.data_ptr(), t._version) for t in tensors]
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        cache = self._cache
+        # Identity too, not only pointers: the cache holds the tensors, so a tensor swapped in
+        # (torch.func.functional_call) can never reuse a cached one's memory and version.
+        stale = (
+            cache is None
+            or (grad and not cache.graph)
+            or cache.training != module.training
+            or cache.versions != versions
+            or not all(map(operator.is_, cache.tensors, tensors))
+        )
+        if stale and grad:
+            weights = _Reusable.apply(
+                self._weights(module), *[t for t in tensors if t.requires_grad]
+            )
+            detached = [w.detach() for w in weights]
+            cache = _Cached(module.training, tensors, versions, list(weights), detached, True)
+        elif stale:
             with torch.no_grad():
                 weights = self._weights(module)
-            self._cache = _Cached(state, weights, weights, False)
-        cache = self._cache
-        weights = cache.weights if torch.is_grad_enabled() else cache.detached
-        for name, weight in zip(self.names, weights):
+            cache = _Cached(module.training, tensors, versions, weights, weights, False)
+        self._cache = cache
+        for name, weight in zip(self.names, cache.weights if grad else cache.detached):
             module.__dict__[name] = weight  # a plain attribute; skips nn.Module.__setattr__
 
     def _release(self, module: nn.Module, inputs: Any, output: Any) -> None:
