@@ -1,0 +1,1 @@
+"""The DEQ Zoo projects: one package per zoo model."""

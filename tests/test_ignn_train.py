@@ -1,0 +1,124 @@
+"""IGNN through the real Hydra config: fast_dev_run, an optimisation step, the experiments."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from framework_toy import compose_config  # noqa: E402
+from test_ignn_data import write_fake_ppi  # noqa: E402
+
+from deqzoo.callbacks import DEQReset  # noqa: E402
+from deqzoo.train import train  # noqa: E402
+from projects.ignn.net import GCN, IGNN  # noqa: E402
+
+GCN_NET = "project/ignn/net@model.net=gcn"
+
+
+def _build(overrides, tmp_path):
+    torch.manual_seed(0)
+    cfg = compose_config(["project=ignn", *overrides], tmp_path)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("fit")
+    return cfg, datamodule, hydra.utils.instantiate(cfg.model)
+
+
+@pytest.mark.parametrize("net", [[], [GCN_NET]], ids=["ignn", "gcn"])
+def test_ignn_fast_dev_run_on_karate(net, tmp_path):
+    cfg = compose_config(["project=ignn", "data=karate", "debug=fdr", *net], tmp_path)
+    train(cfg)
+
+
+def test_ignn_fast_dev_run_on_ppi_files(tmp_path):
+    write_fake_ppi(tmp_path / "ppi")
+    overrides = ["experiment=ignn/ppi", "debug=fdr", f"data.root={tmp_path / 'ppi'}"]
+    overrides += ["model.net.hidden_channels=8", "model.net.num_layers=2"]
+    cfg = compose_config(overrides, tmp_path)
+    train(cfg)
+
+
+def test_ignn_one_optimisation_step_lowers_the_loss(tmp_path):
+    cfg, datamodule, model = _build(["data=karate"], tmp_path)
+    batch = datamodule.data
+
+    def loss():
+        with torch.no_grad():
+            return model.model_step(batch, "train")["loss"].item()
+
+    before = loss()
+    trainer = L.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[DEQReset()],
+    )
+    trainer.fit(model, datamodule=datamodule)
+    assert loss() < before
+
+
+def test_ignn_module_projects_after_every_optimiser_step(tmp_path):
+    overrides = ["data=karate", "model.optimizer._target_=torch.optim.SGD", "model.optimizer.lr=50"]
+    cfg, datamodule, model = _build(overrides, tmp_path)
+    weights = []
+    original = model.net.project_
+
+    def spy():
+        weights.append(model.net.layers[0].cell.weight.detach().abs().sum(1).max().item())
+        original()
+
+    model.net.project_ = spy
+    trainer = L.Trainer(
+        max_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    bound = cfg.model.net.kappa / float(model.net.lambda_pf)
+    # Once at the first training forward (a new graph), then after each of the two steps.
+    assert len(weights) == 3 and weights[-1] > bound  # the steps left the ball ...
+    assert model.net.layers[0].cell.weight.abs().sum(1).max() <= bound + 1e-6  # ... and came back
+
+
+def _composed(experiment, tmp_path):
+    cfg = compose_config([f"experiment=ignn/{experiment}", "debug=fdr"], tmp_path)
+    return cfg, OmegaConf.to_container(cfg.model, resolve=True)
+
+
+def test_ignn_experiments_compose_to_their_recipes(tmp_path):
+    cfg, model = _composed("ppi", tmp_path)
+    assert model["task"] == "multilabel" and model["net"]["kappa"] is None
+    assert (cfg.deq.f_solver, cfg.deq.ift, cfg.deq.grad, cfg.deq.tau) == (
+        "fixed_point_iter",
+        False,
+        5,
+        0.5,
+    )
+    assert (cfg.norm.norm_type, cfg.norm.norm_clip) == ("spectral_norm", True)
+    assert cfg.monitor == "val/f1"
+    for experiment, net_class in [
+        ("chains", IGNN),
+        ("chains_gcn", GCN),
+        ("wordnet", IGNN),
+        ("wordnet_gcn", GCN),
+    ]:
+        cfg, model = _composed(experiment, tmp_path)
+        net = hydra.utils.instantiate(cfg.model.net)
+        assert type(net) is net_class
+    assert _composed("chains", tmp_path)[0].data.chain_length == 100
+    wordnet, wordnet_gcn = _composed("wordnet", tmp_path)[1], _composed("wordnet_gcn", tmp_path)[1]
+    assert wordnet["net"]["hidden_channels"] == wordnet_gcn["net"]["hidden_channels"]
+    assert wordnet["optimizer"] == wordnet_gcn["optimizer"]
