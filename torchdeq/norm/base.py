@@ -119,6 +119,17 @@ class BaseNorm:
         target_norm (float): The scale when ``learn_scale`` is False (the norm of each slice).
         clip (bool): If True, the magnitude of the scale is clipped at ``clip_value``.
         clip_value (float): The bound on the scale when ``clip`` is True.
+
+    Example:
+        >>> class MaxNorm(BaseNorm):  # w = target_norm * v / max|v|
+        ...     _target_modules = {torch.nn.Linear: ('weight', 0)}
+        ...     def _reparametrise(self, module, name, dim):
+        ...         v = module._parameters.pop(name)
+        ...         self._own(module, name + '_raw', torch.nn.Parameter(v.detach()))
+        ...     def compute_weight(self, module, name, dim):
+        ...         raw = getattr(module, name + '_raw')
+        ...         return self.target_norm * raw / raw.abs().max()
+        >>> norm = MaxNorm.apply(torch.nn.Linear(3, 2), target_norm=0.5)
     """
 
     _target_modules: dict[type, tuple[Any, Any]] = {}
