@@ -55,16 +55,20 @@ def contraction(batch: int, dim: int, norm: float, seed: int) -> Tensor:
     return norm * a / torch.linalg.matrix_norm(a, ord=2)[:, None, None]
 
 
-def affine(batch: int = 3, dim: int = 8, norm: float = 0.5, seed: int = 0) -> Problem:
+def affine(
+    batch: int = 3, dim: int = 8, norm: float = 0.5, seed: int = 0, device: str = "cpu"
+) -> Problem:
     """``z = A z + b`` per sample; the solution is ``(I - A)^-1 b``."""
     a = contraction(batch, dim, norm, seed)
     b = torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed + 1), dtype=DTYPE)
     solution = torch.linalg.solve(torch.eye(dim, dtype=DTYPE) - a, b)
+    a, b = a.to(device), b.to(device)
 
     def f(z: Tensor) -> Tensor:
         return (a @ z[..., None])[..., 0] + b
 
-    return Problem("affine", f, torch.zeros(batch, dim, dtype=DTYPE), solution)
+    x0 = torch.zeros(batch, dim, dtype=DTYPE, device=device)
+    return Problem("affine", f, x0, solution.to(device))
 
 
 def cos_scalar() -> Problem:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from problems import DOTTIE, PROBLEMS, Problem, mixed_difficulty, single_thread  # noqa: F401
+from problems import (  # noqa: F401
+    DOTTIE,
+    PROBLEMS,
+    Problem,
+    affine,
+    mixed_difficulty,
+    single_thread,
+)
 
 from torchdeq.solver import get_solver
 
@@ -253,3 +260,19 @@ def test_solver_rel_stop_mode_ranks_by_relative_residual(name: str):
     pick = info["nstep"].long()[:, None]
     ranked = info["rel_trace"]
     assert torch.equal(ranked.gather(1, pick)[:, 0], info["rel_lowest"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", SOLVERS)
+def test_solver_on_cuda_matches_cpu_without_host_syncs(name: str):
+    problem = PROBLEMS[0]
+    expected, _, _ = get_solver(name)(problem.func, problem.x0, max_iter=20, tol=0.0)
+    cell = affine(device="cuda")
+    torch.cuda.set_sync_debug_mode("error")  # any host read in the loop raises
+    try:
+        z_star, states, _ = get_solver(name)(cell.func, cell.x0, max_iter=20, tol=0.0, indexing=[3])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert z_star.device.type == "cuda" and states[0].device.type == "cuda"
+    torch.testing.assert_close(z_star.cpu(), expected, atol=1e-10, rtol=0)

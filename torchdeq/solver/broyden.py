@@ -83,13 +83,14 @@ class GoodBroyden(UpdateRule):
         gram = self.gram[:, :size, :size]
         r = gram[:, t]  # R e_t: inner products of g_t with the basis
         u, v = self.u[:, :n, :size], self.v[:, :n, :size]
-        prev = self.step_coef[:, :size]  # -M g_{t-1}, whose entry t is zero
-        dz = prev * self.scale
+        prev = self.step_coef[:, :size]  # the last step before scaling, -M g_{t-1}
+        dz = prev * self.scale if self.line_search else prev
         v_g = torch.bmm(v, r[:, :, None])  # (B, n, 1): v_i . g
         m_g = torch.bmm(v_g.mT, u)[:, 0]  # M g = -g + sum_i u_i (v_i . g)
         m_g[:, t] -= 1.0
         r_dz = torch.bmm(gram, dz[:, :, None])  # (B, size, 1)
-        mt_dz = torch.baddbmm(-dz[:, None, :], torch.bmm(u, r_dz).mT, v)[:, 0]  # v = M^T dz
+        # v = M^T dz = -dz + sum_i v_i (u_i . dz)
+        mt_dz = torch.baddbmm(dz[:, None, :], torch.bmm(u, r_dz).mT, v, beta=-1.0)[:, 0]
         r_dg = r - gram[:, t - 1]  # R dg, with dg = g_t - g_{t-1}
         denom = torch.linalg.vecdot(mt_dz, r_dg)
         # skip the update where v^T dg vanishes relative to |v| |dg|
@@ -97,10 +98,16 @@ class GoodBroyden(UpdateRule):
         dg_sq = r_dg[:, t] - r_dg[:, t - 1]
         usable = denom.square() > v_sq * dg_sq * torch.finfo(denom.dtype).eps ** 2
         inv = torch.where(usable, torch.where(usable, denom, 1.0).reciprocal(), 0.0)
-        # u = (dz - M dg) / (v^T dg), where M dg = M g - M g_{t-1} = M g + prev
-        u_new = (dz - m_g - prev) * inv[:, None]
-        # the next step -M' g, with M' = M + u_new v^T minus the pair u_new replaces
-        coef = torch.addcmul(m_g, u_new, torch.linalg.vecdot(mt_dz, r)[:, None]).neg_()
+        # u = (dz - M dg) / (v^T dg) with M dg = M g - M g_{t-1} = M g + prev; the next step is
+        # -M' g with M' = M + u v^T (minus the pair u replaces): -(M g + u (v . g))
+        v_g_new = torch.linalg.vecdot(mt_dz, r)
+        if self.line_search:
+            u_new = (dz - prev - m_g) * inv[:, None]
+            coef = torch.addcmul(m_g, u_new, v_g_new[:, None]).neg_()
+        else:
+            # dz = prev, so u = -M g / (v^T dg) and the step is M g (v . g / v^T dg - 1)
+            u_new = m_g * -inv[:, None]
+            coef = m_g * (inv * v_g_new - 1.0)[:, None]
         if self.count >= self.pairs:
             coef.addcmul_(self.u[:, slot, :size], v_g[:, slot])
         self.u[:, slot, :size] = u_new
@@ -149,8 +156,11 @@ def broyden_solver(
     """Implements the Broyden's method for solving a system of nonlinear equations.
 
     Finds a root of ``g(z) = f(z) - z`` with limited-memory "good" Broyden updates of the
-    inverse Jacobian, starting from ``-I`` (so the first step is a fixed-point step). Each step
-    costs one call of ``func`` and two passes over the stored update pairs.
+    inverse Jacobian, starting from ``-I`` (so the first step is a fixed-point step). The
+    update pairs are kept as coefficients over the residuals seen so far, so each step costs
+    one call of ``func`` and two passes over those residuals. They take ``B x max_iter x D``
+    memory whatever ``LBFGS_thres`` is (explicit ``u`` and ``v`` histories holding every pair
+    would take twice that), plus ``(max_iter x max_iter)`` matrices per sample.
 
     Args:
         func (callable): The function for which we seek a fixed point.

@@ -57,7 +57,8 @@ class FlatMap:
                 f"{self.where}: f(z) has shape {tuple(out.shape)} but z has shape "
                 f"{tuple(self.shape)}; a fixed point needs f to preserve the shape"
             )
-        out = out.reshape(z.shape)
+        # a map that enables grad inside must not make the solver keep its graph
+        out = out.detach().reshape(z.shape) if out.requires_grad else out.reshape(z.shape)
         return out.to(z.dtype) if self.cast else out
 
 
@@ -177,7 +178,7 @@ class _Run:
 
     def go(self) -> tuple[Tensor, list[Tensor], SolverStat]:
         z = self.z0
-        best = self.z0.clone()
+        self.best_buf = best = self.z0.clone()
         states = {}
         fz_next = None
         steps = 0
@@ -221,14 +222,16 @@ class _Run:
         if not self.host_reads_free:
             return torch.where(improved[:, None], z, best)
         # On the CPU a host read is free and a broadcast where is slow (it does not
-        # vectorise), so copy just the rows that improved. Iterates are never changed in
-        # place, so when every sample improved the best is z itself.
+        # vectorise), so copy just the rows that improved, into a buffer of our own. Iterates
+        # are never changed in place, so when every sample improved the best is z itself.
         rows = improved.nonzero()[:, 0]
         if len(rows) == len(improved):
             return z
         if len(rows) == 0:
             return best
-        return best.index_copy(0, rows, z.index_select(0, rows))
+        if best is not self.best_buf:
+            self.best_buf.copy_(best)
+        return self.best_buf.index_copy_(0, rows, z.index_select(0, rows))
 
     def _finished(self) -> bool:
         # a sample that produced NaN/Inf will not recover; it must not hold up the others
