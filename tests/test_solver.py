@@ -13,10 +13,18 @@ from problems import (  # noqa: F401
     single_thread,
 )
 
-from torchdeq.solver import get_solver
+from torchdeq.solver import get_solver, loop, tracking
 
 MONITORED = ["fixed_point_iter", "anderson", "broyden"]
 SOLVERS = [*MONITORED, "simple_fixed_point_iter"]
+
+
+@pytest.fixture(params=["host", "device"])
+def tracker(request, monkeypatch):
+    """Runs a test with each best-iterate tracker; both run on the CPU."""
+    kind = {"host": tracking.HostTracker, "device": tracking.DeviceTracker}[request.param]
+    monkeypatch.setattr(loop, "make_tracker", kind)
+    return request.param
 
 
 def line(c: float = 0.5, b: float = 1.0):
@@ -39,7 +47,7 @@ def test_solver_reaches_fixed_point(name: str, problem: Problem):
 
 
 @pytest.mark.parametrize("name", MONITORED)
-def test_solver_stops_early_once_every_sample_meets_tol(name: str):
+def test_solver_stops_early_once_every_sample_meets_tol(name: str, tracker):
     problem = PROBLEMS[0]
     _, _, info = get_solver(name)(problem.func, problem.x0, max_iter=200, tol=1e-6)
     steps = info["abs_trace"].shape[1]
@@ -51,7 +59,7 @@ def test_solver_stops_early_once_every_sample_meets_tol(name: str):
 
 @pytest.mark.parametrize(("shape", "batch"), [((), 1), ((5,), 5), ((3, 4), 3), ((2, 3, 4, 4), 2)])
 @pytest.mark.parametrize("name", MONITORED)
-def test_solver_stats_shapes(name: str, shape: tuple[int, ...], batch: int):
+def test_solver_stats_shapes(name: str, shape: tuple[int, ...], batch: int, tracker):
     x0 = torch.zeros(shape, dtype=torch.float64)
     z_star, states, info = get_solver(name)(torch.cos, x0, max_iter=7, tol=0.0, indexing=[2])
     assert z_star.shape == x0.shape and states[0].shape == x0.shape
@@ -80,7 +88,7 @@ def test_solver_residuals_match_definition(name: str):
     )
 
 
-def test_fixed_point_iter_nstep_is_per_sample():
+def test_fixed_point_iter_nstep_is_per_sample(tracker):
     # residual of z_j is exactly c^j: the first j with c^j < 2e-3 is 3, 9 and 59
     problem = mixed_difficulty()
     z_star, _, info = get_solver("fixed_point_iter")(
@@ -95,7 +103,7 @@ def test_fixed_point_iter_nstep_is_per_sample():
 
 
 @pytest.mark.parametrize("name", MONITORED)
-def test_solver_nstep_differs_with_difficulty(name: str):
+def test_solver_nstep_differs_with_difficulty(name: str, tracker):
     # sample 0 starts at the solution, sample 2 far from it
     x0 = torch.tensor([DOTTIE, 0.5, -2.0], dtype=torch.float64)
     _, _, info = get_solver(name)(torch.cos, x0, max_iter=100, tol=1e-10)
@@ -104,7 +112,7 @@ def test_solver_nstep_differs_with_difficulty(name: str):
     assert (info["abs_lowest"] < 1e-10).all()
 
 
-def test_fixed_point_iter_best_iterate_against_return_final():
+def test_fixed_point_iter_best_iterate_against_return_final(tracker):
     # f(z) = 2z moves away from its fixed point 0: x0 is the best iterate
     f = lambda z: 2 * z  # noqa: E731
     x0 = torch.tensor([1.0, -1.0], dtype=torch.float64)
@@ -132,7 +140,7 @@ def test_solver_indexing_returns_iterates_in_given_order(name: str):
     assert get_solver(name)(line(), x0, max_iter=3)[1] == []
 
 
-def test_fixed_point_iter_indexing_after_early_stop_holds_z_star():
+def test_fixed_point_iter_indexing_after_early_stop_holds_z_star(tracker):
     # residual of z_j is 0.5^j: z_4 is the first below 0.1, found at step 5
     x0 = torch.zeros(1, dtype=torch.float64)
     z_star, states, info = get_solver("fixed_point_iter")(
@@ -163,7 +171,7 @@ def test_fixed_point_iter_tau_iterates(name: str):
 
 
 @pytest.mark.parametrize("name", MONITORED)
-def test_solver_nonfinite_sample_does_not_spoil_others(name: str):
+def test_solver_nonfinite_sample_does_not_spoil_others(name: str, tracker):
     calls = []
 
     def f(z):
@@ -187,7 +195,7 @@ def test_solver_nonfinite_sample_does_not_spoil_others(name: str):
 
 @pytest.mark.parametrize("name", MONITORED)
 @pytest.mark.parametrize("return_final", [False, True])
-def test_solver_nonfinite_from_start_returns_x0(name: str, return_final: bool):
+def test_solver_nonfinite_from_start_returns_x0(name: str, return_final: bool, tracker):
     def f(z):
         out = torch.cos(z)
         out[0] = float("inf")
@@ -202,7 +210,7 @@ def test_solver_nonfinite_from_start_returns_x0(name: str, return_final: bool):
 
 
 @pytest.mark.parametrize("name", SOLVERS)
-def test_solver_max_iter_zero_returns_x0(name: str):
+def test_solver_max_iter_zero_returns_x0(name: str, tracker):
     x0 = torch.ones(3, 2, dtype=torch.float64)
     z_star, states, info = get_solver(name)(torch.cos, x0, max_iter=0, indexing=[1])
     assert torch.equal(z_star, x0) and z_star is not x0
@@ -253,7 +261,7 @@ def test_simple_fixed_point_iter_returns_dummy_stats():
 
 
 @pytest.mark.parametrize("name", MONITORED)
-def test_solver_rel_stop_mode_ranks_by_relative_residual(name: str):
+def test_solver_rel_stop_mode_ranks_by_relative_residual(name: str, tracker):
     problem = PROBLEMS[0]
     _, _, info = get_solver(name)(problem.func, problem.x0, max_iter=100, tol=1e-8, stop_mode="rel")
     assert (info["rel_lowest"] < 1e-8).all()

@@ -25,6 +25,7 @@ from torchdeq.solver.options import (
     check_stop_mode,
 )
 from torchdeq.solver.stat import SolverStat
+from torchdeq.solver.tracking import INF, make_tracker
 
 #: Added to ``||f(z)||`` in the relative residual so that ``f(z) = 0`` gives a finite value.
 REL_EPS = 1e-8
@@ -159,26 +160,18 @@ class _Run:
         self.x0 = x0
         self.rule = rule
         self.max_iter = max_iter
-        self.tol = tol
         self.rel = stop_mode == "rel"
         self.wanted = wanted
         self.return_final = bool(return_final)
         self.fn = FlatMap(func, x0, where)
         self.z0 = flatten(x0)
-        batch, like = self.z0.shape[0], {"device": self.z0.device}
         self.abs_rows, self.fnorm_rows = [], []
-        self.lowest = torch.full((batch,), float("inf"), dtype=self.z0.dtype, **like)
-        # Early stopping reads one flag per step; without it the loop never syncs, and the
-        # best step is read off the trace at the end instead of tracked.
+        # early stopping reads one flag per step; without it the loop never syncs
         self.early_stop = tol > 0 and not self.return_final
-        if self.early_stop:
-            self.best_step = torch.zeros(batch, dtype=torch.long, **like)
-            self.nonfinite = torch.zeros(batch, dtype=torch.bool, **like)
-        self.host_reads_free = self.z0.device.type == "cpu"
+        self.tracker = make_tracker(self.z0, tol, self.early_stop)
 
     def go(self) -> tuple[Tensor, list[Tensor], SolverStat]:
         z = self.z0
-        self.best_buf = best = self.z0.clone()
         states = {}
         fz_next = None
         steps = 0
@@ -188,78 +181,37 @@ class _Run:
         for k in range(1, self.max_iter + 1):
             fz = self.fn(z) if fz_next is None else fz_next
             g, g_sq = self.rule.residual(k, z, fz)
-            improved = self._measure(k, g, g_sq, fz)
-            best = self._keep_best(improved, z, best)
+            self.tracker.observe(k, self._measure(g, g_sq, fz), z)
             steps = k
             if k < self.max_iter or last_needed:
                 z, fz_next = self.rule.step(k, z, fz, g)
                 if k in self.wanted:
                     states[k] = z
-            if self.early_stop and self._finished():
+            if self.early_stop and self.tracker.finished():
                 break
-        return self._result(z, best, states, steps)
+        return self._result(z, states, steps)
 
-    def _measure(self, k: int, g: Tensor, g_sq: Tensor | None, fz: Tensor) -> Tensor:
-        """Records the residuals of ``z_{k-1}``; returns the samples whose best it is."""
+    def _measure(self, g: Tensor, g_sq: Tensor | None, fz: Tensor) -> Tensor:
+        """Records the residuals of ``z_{k-1}``; returns them in the stopping mode."""
         res = torch.linalg.vector_norm(g, dim=1) if g_sq is None else g_sq.sqrt()
         fnorm = torch.linalg.vector_norm(fz, dim=1)
         self.abs_rows.append(res)
         self.fnorm_rows.append(fnorm)
-        if self.rel:
-            res = res / (fnorm + REL_EPS)
-        improved = res < self.lowest
-        if not self.early_stop:
-            torch.fmin(self.lowest, res, out=self.lowest)  # fmin ignores NaN
-            return improved
-        # finished samples keep the first iterate that met tol
-        improved &= self.lowest >= self.tol
-        self.nonfinite |= ~torch.isfinite(res)
-        torch.where(improved, res, self.lowest, out=self.lowest)
-        self.best_step.masked_fill_(improved, k - 1)
-        return improved
+        return res / (fnorm + REL_EPS) if self.rel else res
 
-    def _keep_best(self, improved: Tensor, z: Tensor, best: Tensor) -> Tensor:
-        if not self.host_reads_free:
-            return torch.where(improved[:, None], z, best)
-        # On the CPU a host read is free and a broadcast where is slow (it does not
-        # vectorise), so copy just the rows that improved, into a buffer of our own. Iterates
-        # are never changed in place, so when every sample improved the best is z itself.
-        rows = improved.nonzero()[:, 0]
-        if len(rows) == len(improved):
-            return z
-        if len(rows) == 0:
-            return best
-        if best is not self.best_buf:
-            self.best_buf.copy_(best)
-        return self.best_buf.index_copy_(0, rows, z.index_select(0, rows))
-
-    def _finished(self) -> bool:
-        # a sample that produced NaN/Inf will not recover; it must not hold up the others
-        return bool(((self.lowest < self.tol) | self.nonfinite).all())
-
-    def _result(self, z, best, states, steps) -> tuple[Tensor, list[Tensor], SolverStat]:
-        batch = self.lowest.shape[0]
+    def _result(self, z, states, steps) -> tuple[Tensor, list[Tensor], SolverStat]:
+        lowest, nstep = self.tracker.summary(self.z0)
         if steps:
             abs_trace = torch.stack(self.abs_rows, dim=1)
             rel_trace = abs_trace / (torch.stack(self.fnorm_rows, dim=1) + REL_EPS)
+            found = torch.isfinite(lowest)
+            abs_lowest = torch.where(found, abs_trace.gather(1, nstep[:, None])[:, 0], INF)
+            rel_lowest = torch.where(found, rel_trace.gather(1, nstep[:, None])[:, 0], INF)
         else:
-            abs_trace = rel_trace = self.lowest.new_empty(batch, 0)
+            abs_trace = rel_trace = lowest.new_empty(lowest.shape[0], 0)
+            abs_lowest, rel_lowest = lowest, lowest.clone()
         nonfinite = ~torch.isfinite(abs_trace).all(dim=1)
-        if self.early_stop:
-            nstep = self.best_step
-        elif steps:
-            # the first lowest residual, as the strict comparison in the loop picked it
-            ranked = rel_trace if self.rel else abs_trace
-            nstep = ranked.nan_to_num(nan=float("inf")).argmin(dim=1)
-        else:
-            nstep = torch.zeros(batch, dtype=torch.long, device=abs_trace.device)
-        found = torch.isfinite(self.lowest)
-        inf = torch.full_like(self.lowest, float("inf"))
-        if steps:
-            abs_lowest = torch.where(found, abs_trace.gather(1, nstep[:, None])[:, 0], inf)
-            rel_lowest = torch.where(found, rel_trace.gather(1, nstep[:, None])[:, 0], inf)
-        else:
-            abs_lowest, rel_lowest = inf, inf.clone()
+        best = self.tracker.best
         if self.return_final:
             # a sample that blew up still returns its best finite iterate
             z_star = torch.where(nonfinite[:, None], best, z)
@@ -271,7 +223,7 @@ class _Run:
             rel_lowest=rel_lowest,
             abs_trace=abs_trace,
             rel_trace=rel_trace,
-            nstep=nstep.to(self.lowest.dtype),
+            nstep=nstep.to(lowest.dtype),
             nonfinite=nonfinite,
         )
         z_star = self._unflatten(z_star)
