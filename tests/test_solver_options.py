@@ -137,3 +137,9 @@ def test_solver_accepts_integral_option_types():
         torch.cos, torch.zeros(1), max_iter=torch.tensor(3), indexing=indexing
     )
     assert len(states) == 2
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_solver_rejects_integer_x0(name: str):
+    with pytest.raises(TypeError, match="floating-point.*int64"):
+        get_solver(name)(lambda z: z, torch.zeros(2, dtype=torch.long), max_iter=2)
