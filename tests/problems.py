@@ -11,22 +11,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pytest
 import torch
 from torch import Tensor
 
 DTYPE = torch.float64
 #: the fixed point of cos (the Dottie number)
 DOTTIE = 0.7390851332151607
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Runs a test module on one thread: tiny problems only lose time to thread hand-offs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)

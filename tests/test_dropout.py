@@ -16,8 +16,6 @@ from torchdeq.dropout import (
 )
 from torchdeq.utils.checks import OptionError
 
-torch.set_num_threads(1)
-
 B, D = 3, 8
 TOKENS = {1: (5,), 2: (4, 3), 3: (2, 3, 4)}
 

@@ -7,8 +7,6 @@ from torchdeq.loss import fp_correction, jac_reg, power_method, register_weight_
 from torchdeq.loss.correction import _weight_func as weight_registry
 from torchdeq.utils.checks import OptionError
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(autouse=True)
 def _seed():

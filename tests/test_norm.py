@@ -24,8 +24,6 @@ from torchdeq.norm import _norm_class as norm_registry
 from torchdeq.utils.checks import OptionError
 from torchdeq.utils.config import DEQConfig
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from problems import (  # noqa: F401
+from problems import (
     DOTTIE,
     PROBLEMS,
     Problem,
     affine,
     mixed_difficulty,
-    single_thread,
 )
 
 from torchdeq.solver import get_solver, loop, tracking

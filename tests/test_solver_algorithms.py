@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from problems import DTYPE, PROBLEMS, contraction, single_thread  # noqa: F401
+from problems import DTYPE, PROBLEMS, contraction
 
 from torchdeq.solver import anderson_solver, broyden_solver, fixed_point_iter, get_solver
 

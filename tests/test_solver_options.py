@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from problems import single_thread  # noqa: F401
 
 from torchdeq.solver import _SOLVERS as REGISTRY
 from torchdeq.solver import (

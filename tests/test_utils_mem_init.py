@@ -7,8 +7,6 @@ from torch import nn
 from torchdeq.utils.init import mixed_init
 from torchdeq.utils.mem import mem_gc
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(autouse=True)
 def _seed():
