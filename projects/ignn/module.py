@@ -70,6 +70,8 @@ class IGNNModule(DEQLitModule):
         self.task = check_choice("task", task, TASKS)
         # Micro-F1 needs counts summed over the epoch, not an average of per-batch scores.
         self._counts: dict[str, Tensor] = {}
+        # The stage of the running step: batch_size() gets only the batch, not the stage.
+        self._stage = "train"
 
     def _mask(self, batch: Data, stage: str) -> Tensor | None:
         key = f"{stage}_mask"
@@ -77,7 +79,7 @@ class IGNNModule(DEQLitModule):
 
     def batch_size(self, batch: Data) -> int:
         """Nodes (or graphs) scored in this batch, so that epoch means weigh them equally."""
-        mask = self._mask(batch, getattr(self, "_stage", "train"))
+        mask = self._mask(batch, self._stage)
         return int(mask.sum()) if mask is not None else int(batch.y.size(0))
 
     def model_step(self, batch: Data, stage: str) -> dict[str, Tensor]:
