@@ -1,0 +1,114 @@
+"""Cost of an MDEQ training step and of evaluation, per part of the net, from the real config.
+
+Builds the net of ``conf/project/mdeq.yaml`` (plus any Hydra overrides given on the command line)
+and times, on random images of the configured batch sizes:
+
+- step: one training step (``reset_norm``, forward, cross-entropy, backward, AdamW step);
+- stem, cell, head: forward + backward of each part alone (the cell: one call with gradients);
+- eval: a forward pass of one evaluation batch in ``eval()`` mode.
+
+Times are the lowest of ``--rounds`` medians, in wall and process-CPU milliseconds. On a shared
+machine the CPU time is the steadier number (it does not count waiting for a core). The default
+sizes are Fashion-MNIST's (1x28x28); ``--image 3 32 32`` gives CIFAR-10's.
+
+Usage:
+    python scripts/bench_mdeq.py --threads 1
+    python scripts/bench_mdeq.py --threads 2 model.net.channels=[32,64,128] deq.f_max_iter=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+from torchdeq import reset_norm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _timed(fn: Callable[[], object], reps: int, rounds: int) -> tuple[float, float]:
+    """Lowest per-round median of wall and CPU time of ``fn``, in milliseconds."""
+    fn()  # warm-up: allocator, oneDNN kernels
+    best_wall, best_cpu = float("inf"), float("inf")
+    for _ in range(rounds):
+        walls, cpus = [], []
+        for _ in range(reps):
+            w, c = time.perf_counter(), time.process_time()
+            fn()
+            walls.append(time.perf_counter() - w)
+            cpus.append(time.process_time() - c)
+        best_wall = min(best_wall, statistics.median(walls) * 1e3)
+        best_cpu = min(best_cpu, statistics.median(cpus) * 1e3)
+    return best_wall, best_cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--image", type=int, nargs=3, default=(1, 28, 28), metavar=("C", "H", "W"))
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. deq.f_max_iter=4")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["project=mdeq", *args.overrides])
+    torch.manual_seed(0)
+    net = hydra.utils.instantiate(cfg.model.net)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    B, B_eval = cfg.data.batch_size, cfg.data.eval_batch_size or cfg.data.batch_size
+    x = torch.randn(B, *args.image)
+    y = torch.randint(0, cfg.model.net.num_classes, (B,))
+    x_eval = torch.randn(B_eval, *args.image)
+
+    def step() -> None:
+        reset_norm(net)
+        logits, _ = net(x)
+        loss = sum(F.cross_entropy(out, y) for out in logits) / len(logits)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    h = net.stem(x).detach()
+    xs = [t.detach() for t in net.injection(h)]
+    zs = [torch.randn_like(t) for t in xs]
+    feats = [t.detach() for t in net.cell(zs, xs)]
+
+    def backward(out: object) -> None:
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        sum(o.float().mean() for o in outs).backward()
+
+    def evaluate() -> None:
+        with torch.no_grad():
+            net(x_eval)
+
+    parts = {
+        "step": step,
+        "stem": lambda: backward(net.injection(net.stem(x))),
+        "cell": lambda: (reset_norm(net), backward(net.cell(zs, xs))),
+        "head": lambda: backward(net.head([f.requires_grad_() for f in feats])),
+    }
+    print(
+        f"threads={args.threads} batch={B} eval_batch={B_eval} image={tuple(args.image)} "
+        f"deq: {net.deq.extra_repr()}"
+    )
+    net.train()
+    for name, fn in parts.items():
+        wall, cpu = _timed(fn, args.reps, args.rounds)
+        print(f"{name:>6}: wall {wall:8.1f} ms   cpu {cpu:8.1f} ms")
+    net.eval()
+    wall, cpu = _timed(evaluate, args.reps, args.rounds)
+    print(f"{'eval':>6}: wall {wall:8.1f} ms   cpu {cpu:8.1f} ms  (one batch of {B_eval})")
+
+
+if __name__ == "__main__":
+    main()
