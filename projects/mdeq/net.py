@@ -42,21 +42,31 @@ def _branch_sizes(height: int, width: int, n: int) -> list[tuple[int, int]]:
 class Stem(nn.Sequential):
     """The explicit image encoder; each conv is followed by a group norm and a ReLU.
 
-    With ``downsample = k > 0`` the image is first rearranged into 2x2 patches (space to depth,
-    lossless) and a 3x3 conv mixes them, which amounts to a 6x6 stride-2 conv of the image;
-    ``k - 1`` stride-2 3x3 convs follow. No full-resolution feature map is ever formed: on a CPU
-    that is where most of a training step would go. With ``downsample = 0`` it is one stride-1
-    3x3 conv. The stem runs once per image, unlike the cell, which runs at every solver step.
+    It runs once per image, unlike the cell, which runs at every solver step, so a deeper stem
+    is cheap next to a wider cell. With ``downsample = k > 0``:
+
+    * ``full_res_channels = c > 0``: a stride-1 3x3 conv to ``c`` channels at the input
+      resolution, then ``k`` stride-2 3x3 convs (the classic stem);
+    * ``full_res_channels = 0``: the image is first rearranged into 2x2 patches (space to depth,
+      lossless) and a 3x3 conv mixes them, which amounts to a 6x6 stride-2 conv of the image,
+      then ``k - 1`` stride-2 3x3 convs follow. No full-resolution feature map is formed, which
+      makes it several times cheaper on a CPU.
+
+    With ``k = 0`` it is one stride-1 3x3 conv.
 
     Args:
         in_channels (int): Image channels.
         channels (int): Output channels.
         downsample (int, optional): Number of halvings of the resolution. Default 0.
         num_groups (int, optional): Group-norm groups. Default 4.
+        full_res_channels (int, optional): Width of a first conv at the input resolution (0:
+            none, space to depth instead). Default 0.
 
     Example:
         >>> Stem(1, 8, downsample=2)(torch.zeros(2, 1, 28, 28)).shape
         torch.Size([2, 8, 7, 7])
+        >>> Stem(1, 8, downsample=2, full_res_channels=4)[0]
+        Conv2d(1, 4, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)
     """
 
     def __init__(
@@ -65,19 +75,24 @@ class Stem(nn.Sequential):
         channels: int,
         downsample: int = 0,
         num_groups: int = 4,
-        full_res: bool = False,
+        full_res_channels: int = 0,
     ):
         layers: list[nn.Module] = []
-        if downsample > 0 and not full_res:
+        if downsample == 0:
+            widths, strides = [channels], [1]
+        elif full_res_channels > 0:
+            widths, strides = [full_res_channels] + [channels] * downsample, [1] + [2] * downsample
+        else:
             layers.append(nn.PixelUnshuffle(2))
             in_channels *= 4
-        strides = [1] + [2] * (downsample if full_res else downsample - 1)
-        for i, stride in enumerate(strides):
+            widths, strides = [channels] * downsample, [1] + [2] * (downsample - 1)
+        for width, stride in zip(widths, strides):
             layers += [
-                conv3x3(in_channels if i == 0 else channels, channels, stride),
-                group_norm(channels, num_groups),
+                conv3x3(in_channels, width, stride),
+                group_norm(width, num_groups),
                 nn.ReLU(),
             ]
+            in_channels = width
         super().__init__(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -215,6 +230,8 @@ class MDEQNet(nn.Module):
             library defaults).
         norm (Mapping | Any, optional): Normalisation options for :func:`torchdeq.apply_norm`
             (``norm_type``, ...). Default None: weight normalisation.
+        stem_full_res_channels (int, optional): Width of a first stem conv at the input
+            resolution; 0 replaces it by space to depth (see :class:`Stem`). Default 0.
 
     Raises:
         ValueError: If ``channels`` is empty or ``downsample`` is negative.
@@ -248,7 +265,7 @@ class MDEQNet(nn.Module):
         dropout: float = 0.0,
         deq: Mapping | Any = None,
         norm: Mapping | Any = None,
-        stem_full_res: bool = False,
+        stem_full_res_channels: int = 0,
     ) -> None:
         super().__init__()
         channels = [int(c) for c in channels]
@@ -256,7 +273,7 @@ class MDEQNet(nn.Module):
             raise ValueError("channels must list at least one branch, got []")
         if downsample < 0:
             raise ValueError(f"downsample must be >= 0, got {downsample!r}")
-        self.stem = Stem(in_channels, stem_channels, downsample, num_groups, stem_full_res)
+        self.stem = Stem(in_channels, stem_channels, downsample, num_groups, stem_full_res_channels)
         self.injection = Injection(stem_channels, channels, num_groups)
         self.cell = MDEQCell(channels, num_groups, dropout)
         self.head = ClassificationHead(channels, num_classes, head_channels, num_groups)
