@@ -19,7 +19,7 @@ from framework_toy import compose_config  # noqa: E402
 from deqzoo.train import train  # noqa: E402
 from projects.mdeq.layers import Downsample, MultiscaleFusion, ResidualBlock  # noqa: E402
 from projects.mdeq.module import MDEQModule, complete_scheduler  # noqa: E402
-from projects.mdeq.net import MDEQNet  # noqa: E402
+from projects.mdeq.net import MDEQNet, Stem  # noqa: E402
 from torchdeq import reset_dropout, reset_norm  # noqa: E402
 
 SMALL = dict(channels=(4, 8), stem_channels=4, num_groups=2, head_channels=8)
@@ -75,6 +75,18 @@ def test_mdeq_net_fixed_point_is_a_fixed_point_of_the_cell():
     assert bool((info["abs_lowest"] < 1e-9).all())
     for z, fz in zip(z_star, f_z):
         torch.testing.assert_close(fz, z, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("full_res_channels", [0, 4])
+@pytest.mark.parametrize("downsample", [0, 1, 2])
+def test_mdeq_stem_halves_the_resolution_with_ceil(downsample, full_res_channels):
+    stem = Stem(2, 8, downsample, num_groups=2, full_res_channels=full_res_channels)
+    out = stem(torch.randn(3, 2, 13, 11))
+    side = 2**downsample
+    assert out.shape == (3, 8, -(-13 // side), -(-11 // side))
+    convs = [m for m in stem if isinstance(m, torch.nn.Conv2d)]
+    # Space to depth replaces the full-resolution conv, so it has one conv fewer.
+    assert len(convs) == max(downsample + (full_res_channels > 0), 1)
 
 
 def test_mdeq_fusion_sums_every_resampled_branch():
