@@ -610,3 +610,17 @@ def test_register_norm_rejects_bad_input():
         register_norm_module(ToyLayer, "none")
     with pytest.raises(OptionError, match="same length"):
         register_norm_module(ToyLayer, "weight_norm", ["kernel", "offset"], [0, 0, 0])
+
+
+def test_spectral_norm_bound_holds_at_apply_in_float32_for_many_seeds():
+    # Power iteration alone approaches sigma from below; with close top singular values it
+    # left the normalised weight 0.4% above target on some of these seeds.
+    worst = 0.0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        conv = nn.Conv2d(16, 16, 3, padding=1)
+        apply_norm(conv, "spectral_norm", learn_scale=False, n_power_iterations=1)
+        conv(torch.randn(2, 16, 8, 8))
+        sigma = torch.linalg.matrix_norm(conv.weight.detach().reshape(16, -1), ord=2).item()
+        worst = max(worst, sigma)
+    assert worst <= 1.0 + 1e-5
