@@ -264,7 +264,44 @@ _FORWARD_DOC = """Solves for the fixed point of ``func`` and attaches gradients.
         """
 
 
-class DEQIndexing(DEQBase):
+class _SampledDEQ(DEQBase):
+    """The options and forward pass that DEQIndexing and DEQSliced share."""
+
+    _increasing_indexing = False
+
+    def __init__(
+        self,
+        args=None,
+        ift=False,
+        hook_ift=False,
+        grad=1,
+        tau=1.0,
+        sup_gap=-1,
+        sup_loc=None,
+        n_states=1,
+        indexing=None,
+        **kwargs,
+    ):
+        super().__init__(args, **kwargs)
+        self._build_grad_fns(args, ift, hook_ift, grad, tau, sup_gap, sup_loc, n_states, indexing)
+        if (
+            self._increasing_indexing
+            and self.arg_indexing
+            and any(b <= a for a, b in zip(self.arg_indexing, self.arg_indexing[1:]))
+        ):
+            raise OptionError(
+                f"{type(self).__name__} needs increasing indexing, got {self.arg_indexing}"
+            )
+
+    def forward(
+        self, func, z_init, solver_kwargs=None, sradius_mode=False, backward_writer=None, **kwargs
+    ):
+        return self._run(func, z_init, solver_kwargs, sradius_mode, backward_writer, kwargs)
+
+    forward.__doc__ = _FORWARD_DOC
+
+
+class DEQIndexing(_SampledDEQ):
     __doc__ = f"""DEQ whose gradients are attached aside one full solve, at indexed states.
 
     The solver runs ``f_max_iter`` steps (or stops at ``f_tol``) without autograd and records
@@ -280,29 +317,6 @@ class DEQIndexing(DEQBase):
         (2, torch.Size([4]))
     """
 
-    def __init__(
-        self,
-        args=None,
-        ift=False,
-        hook_ift=False,
-        grad=1,
-        tau=1.0,
-        sup_gap=-1,
-        sup_loc=None,
-        n_states=1,
-        indexing=None,
-        **kwargs,
-    ):
-        super().__init__(args, **kwargs)
-        self._build_grad_fns(args, ift, hook_ift, grad, tau, sup_gap, sup_loc, n_states, indexing)
-
-    def forward(
-        self, func, z_init, solver_kwargs=None, sradius_mode=False, backward_writer=None, **kwargs
-    ):
-        return self._run(func, z_init, solver_kwargs, sradius_mode, backward_writer, kwargs)
-
-    forward.__doc__ = _FORWARD_DOC
-
     def _train_states(self, f, z0, max_iter, opts, writer):
         max_iter = self.f_max_iter if max_iter is None else max_iter
         indexing = self._indexing(max_iter)
@@ -313,7 +327,7 @@ class DEQIndexing(DEQBase):
         return states, info
 
 
-class DEQSliced(DEQBase):
+class DEQSliced(_SampledDEQ):
     __doc__ = f"""DEQ whose gradients are inserted between slices of the solve.
 
     The solve is cut at ``indexing`` (or ``n_states`` uniform steps); each slice runs without
@@ -328,32 +342,7 @@ class DEQSliced(DEQBase):
         2
     """
 
-    def __init__(
-        self,
-        args=None,
-        ift=False,
-        hook_ift=False,
-        grad=1,
-        tau=1.0,
-        sup_gap=-1,
-        sup_loc=None,
-        n_states=1,
-        indexing=None,
-        **kwargs,
-    ):
-        super().__init__(args, **kwargs)
-        self._build_grad_fns(args, ift, hook_ift, grad, tau, sup_gap, sup_loc, n_states, indexing)
-        if self.arg_indexing and any(
-            b <= a for a, b in zip(self.arg_indexing, self.arg_indexing[1:])
-        ):
-            raise OptionError(f"DEQSliced needs increasing indexing, got {self.arg_indexing}")
-
-    def forward(
-        self, func, z_init, solver_kwargs=None, sradius_mode=False, backward_writer=None, **kwargs
-    ):
-        return self._run(func, z_init, solver_kwargs, sradius_mode, backward_writer, kwargs)
-
-    forward.__doc__ = _FORWARD_DOC
+    _increasing_indexing = True  # the slices run from one index to the next
 
     def _train_states(self, f, z0, max_iter, opts, writer):
         max_iter = self.f_max_iter if max_iter is None else max_iter
