@@ -7,7 +7,6 @@ import wave
 from pathlib import Path
 
 import hydra
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -15,7 +14,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from framework_toy import compose_config  # noqa: E402
+from framework_toy import compose_config, quiet_trainer  # noqa: E402
 
 from deqzoo.callbacks import DEQReset  # noqa: E402
 from deqzoo.train import train  # noqa: E402
@@ -75,15 +74,7 @@ def test_deq_inr_one_optimisation_step_lowers_the_loss(tmp_path):
         return value
 
     before = loss()
-    trainer = L.Trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[DEQReset()],
-    )
+    trainer = quiet_trainer(max_steps=1, callbacks=[DEQReset()])
     trainer.fit(model, train_dataloaders=DataLoader([batch], batch_size=None))
     assert loss() < before
 

@@ -6,14 +6,13 @@ import sys
 from pathlib import Path
 
 import hydra
-import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from framework_toy import compose_config  # noqa: E402
+from framework_toy import compose_config, quiet_trainer  # noqa: E402
 from test_ignn_data import write_fake_ppi  # noqa: E402
 
 from deqzoo.callbacks import DEQReset  # noqa: E402
@@ -54,15 +53,7 @@ def test_ignn_one_optimisation_step_lowers_the_loss(tmp_path):
             return model.model_step(batch, "train")["loss"].item()
 
     before = loss()
-    trainer = L.Trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[DEQReset()],
-    )
+    trainer = quiet_trainer(max_steps=1, callbacks=[DEQReset()])
     trainer.fit(model, datamodule=datamodule)
     assert loss() < before
 
@@ -78,14 +69,7 @@ def test_ignn_module_projects_after_every_optimiser_step(tmp_path):
         original()
 
     model.net.project_ = spy
-    trainer = L.Trainer(
-        max_steps=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=2)
     trainer.fit(model, datamodule=datamodule)
     bound = cfg.model.net.kappa / float(model.net.lambda_pf)
     # Once at the first training forward (a new graph), then after each of the two steps.

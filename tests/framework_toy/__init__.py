@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -88,6 +89,18 @@ def compose_config(overrides=(), output_dir=None):
             cfg.paths.output_dir = str(output_dir)
             cfg.paths.log_dir = str(output_dir)
     return cfg
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    """A Lightning Trainer for unit tests: no logger, checkpoints, progress bar or summary."""
+    options = dict(
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return L.Trainer(**{**options, **kwargs})
 
 
 def run_train_py(args, cwd=ROOT, timeout=300):
