@@ -7,6 +7,8 @@ iteration without convergence monitoring (``simple_fixed_point_iter``).
 
 Every solver is called as ``solver(func, x0, **options)`` and returns
 ``(z_star, states, info)``. Unknown options raise :class:`~torchdeq.utils.checks.OptionError`.
+On the CPU, Anderson and Broyden reuse their history buffers between solves of one size
+(:mod:`torchdeq.solver.workspace`; ``workspace.release()`` frees them).
 
 Example:
     >>> solver = get_solver('anderson')

@@ -43,8 +43,8 @@ class AndersonMixing(UpdateRule):
         size = min(self.m, max_iter)
         like = {"dtype": z0.dtype, "device": z0.device}
         self.size = size
-        res = torch.zeros(batch, size, dim, **like)  # rows g_i
-        mix = torch.zeros(batch, size, dim, **like)  # rows x_i + tau g_i
+        # rows g_i and x_i + tau g_i; a step reads only the rows written so far
+        res, mix = self.borrow((2, batch, size, dim), z0)
         gram = torch.zeros(batch, size, size, **like)
         eye = torch.eye(size, **like)
         scale = 1.0 + self.lam * eye

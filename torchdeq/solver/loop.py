@@ -24,6 +24,7 @@ from torchdeq.solver.options import (
     check_real,
     check_stop_mode,
 )
+from torchdeq.solver import workspace
 from torchdeq.solver.stat import SolverStat
 from torchdeq.solver.tracking import INF, make_tracker
 
@@ -66,14 +67,26 @@ class FlatMap:
 class UpdateRule:
     """How a solver moves: the only part that differs between solvers.
 
-    The loop calls :meth:`start` once, then at every step :meth:`residual` and :meth:`step`.
-    Returned iterates must be new tensors (the loop keeps references to them as best iterates
-    and states), and neither ``z`` nor ``fz`` may be changed in place.
+    The loop calls :meth:`start` once, then at every step :meth:`residual` and :meth:`step`,
+    and :meth:`finish` when the solve ends (also on an error). Returned iterates must be new
+    tensors (the loop keeps references to them as best iterates and states), and neither
+    ``z`` nor ``fz`` may be changed in place.
     """
 
     def start(self, fn: FlatMap, z0: Tensor, max_iter: int) -> None:
         """Allocates buffers for a solve of ``z0`` (``(B, D)``) in ``max_iter`` steps."""
-        self.g = torch.empty_like(z0)
+        self.g = self.borrow(z0.shape, z0)
+
+    def borrow(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A scratch buffer from :mod:`~torchdeq.solver.workspace`, returned by :meth:`finish`."""
+        buffer = workspace.borrow(shape, like)
+        self.__dict__.setdefault("_borrowed", []).append(buffer)
+        return buffer
+
+    def finish(self) -> None:
+        """Gives the buffers from :meth:`borrow` back; the rule is not used afterwards."""
+        for buffer in self.__dict__.pop("_borrowed", []):
+            workspace.give_back(buffer)
 
     def residual(self, k: int, z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor | None]:
         """Returns ``g = f(z) - z`` for step ``k`` and, if the rule gets it for free,
@@ -178,17 +191,20 @@ class _Run:
         last_needed = self.return_final or self.max_iter in self.wanted
         if self.max_iter > 0:
             self.rule.start(self.fn, z, self.max_iter)
-        for k in range(1, self.max_iter + 1):
-            fz = self.fn(z) if fz_next is None else fz_next
-            g, g_sq = self.rule.residual(k, z, fz)
-            self.tracker.observe(k, self._measure(g, g_sq, fz), z)
-            steps = k
-            if k < self.max_iter or last_needed:
-                z, fz_next = self.rule.step(k, z, fz, g)
-                if k in self.wanted:
-                    states[k] = z
-            if self.early_stop and self.tracker.finished():
-                break
+        try:
+            for k in range(1, self.max_iter + 1):
+                fz = self.fn(z) if fz_next is None else fz_next
+                g, g_sq = self.rule.residual(k, z, fz)
+                self.tracker.observe(k, self._measure(g, g_sq, fz), z)
+                steps = k
+                if k < self.max_iter or last_needed:
+                    z, fz_next = self.rule.step(k, z, fz, g)
+                    if k in self.wanted:
+                        states[k] = z
+                if self.early_stop and self.tracker.finished():
+                    break
+        finally:
+            self.rule.finish()
         return self._result(z, states, steps)
 
     def _measure(self, g: Tensor, g_sq: Tensor | None, fz: Tensor) -> Tensor:
@@ -267,10 +283,13 @@ def iterate(
         states = {}
         if max_iter > 0:
             rule.start(fn, z, max_iter)
-        for k in range(1, max_iter + 1):
-            z, _ = rule.step(k, z, fn(z), None)
-            if k in wanted:
-                states[k] = z
+        try:
+            for k in range(1, max_iter + 1):
+                z, _ = rule.step(k, z, fn(z), None)
+                if k in wanted:
+                    states[k] = z
+        finally:
+            rule.finish()
         z = z.view(x0.shape).to(x0.dtype)
         z = z.clone() if z.data_ptr() == x0.data_ptr() else z
         return z, [states[j].view(x0.shape).to(x0.dtype) if j in states else z for j in wanted]
