@@ -18,13 +18,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from torchdeq.solver import workspace
 from torchdeq.solver.options import (
     check_indexing,
     check_int,
     check_real,
     check_stop_mode,
 )
-from torchdeq.solver import workspace
 from torchdeq.solver.stat import SolverStat
 from torchdeq.solver.tracking import INF, make_tracker
 
