@@ -6,7 +6,7 @@ import pytest
 import torch
 from problems import DTYPE, PROBLEMS, contraction
 
-from torchdeq.solver import anderson_solver, broyden_solver, fixed_point_iter, get_solver
+from torchdeq.solver import anderson_solver, broyden_solver, fixed_point_iter, get_solver, small
 
 
 def tanh_cell(batch: int = 3, dim: int = 6, seed: int = 0):
@@ -82,6 +82,21 @@ def test_broyden_matches_dense_good_broyden():
     _, states, _ = broyden_solver(f, z0, max_iter=11, tol=0.0, indexing=steps)
     for step, state in zip(steps, states, strict=True):
         torch.testing.assert_close(state, expected[step], atol=1e-12, rtol=1e-9)
+
+
+@pytest.mark.parametrize("memory", [2, None])
+@pytest.mark.parametrize("ls", [False, True])
+def test_broyden_small_algebra_agrees_on_numpy_and_torch(monkeypatch, memory, ls: bool):
+    # CPU solves do the (t x t) algebra on NumPy views; accelerators run it on tensors
+    f = tanh_cell(seed=2)
+    z0 = torch.zeros(3, 6, dtype=DTYPE)
+    options = {"max_iter": 12, "tol": 0.0, "LBFGS_thres": memory, "ls": ls, "indexing": [5, 12]}
+    _, on_numpy, _ = broyden_solver(f, z0, **options)
+    monkeypatch.setattr(small, "np", None)
+    assert isinstance(small.host(z0), torch.Tensor)
+    _, on_torch, _ = broyden_solver(f, z0, **options)
+    for a, b in zip(on_numpy, on_torch, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-13, rtol=0)
 
 
 def test_broyden_solves_linear_system_in_few_steps():

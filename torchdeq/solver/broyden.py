@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from torchdeq.solver import small
 from torchdeq.solver.loop import FlatMap, UpdateRule, solve
 from torchdeq.solver.options import check_int, strict_options
 from torchdeq.solver.stat import SolverStat
@@ -30,7 +31,8 @@ class GoodBroyden(UpdateRule):
     the rule stores only those residuals (rows of ``G``), their Gram matrix ``R = G G^T`` and
     the coefficients of ``u_i``, ``v_i`` and the last step over them. A step then costs one
     pass over ``G`` for the new Gram row and one to form the new step, instead of four passes
-    over explicit ``u`` and ``v`` histories; everything else is ``(t x t)`` algebra.
+    over explicit ``u`` and ``v`` histories; everything else is ``(t x t)`` algebra (on the
+    host for CPU tensors, see :mod:`torchdeq.solver.small`).
 
     Args:
         memory (int | None): Number of stored update pairs; None keeps all.
@@ -50,23 +52,23 @@ class GoodBroyden(UpdateRule):
         self.pairs = pairs
         # residuals g_t; a step reads only the rows written so far
         self.basis = self.borrow((batch, max_iter, dim), z0)
-        self.gram = torch.zeros(batch, max_iter, max_iter, **like)
-        self.u = torch.zeros(batch, pairs, max_iter, **like)  # coefficients of u_i
-        self.v = torch.zeros(batch, pairs, max_iter, **like)  # coefficients of v_i
-        self.step_coef = torch.zeros(batch, max_iter, **like)  # last step before scaling
+        # the (t x t) state, as arrays for the small algebra (see torchdeq.solver.small)
+        self.gram_t = torch.zeros(batch, max_iter, max_iter, **like)
+        self.gram = small.host(self.gram_t)
+        self.u = small.host(torch.zeros(batch, pairs, max_iter, **like))  # coefficients of u_i
+        self.v = small.host(torch.zeros(batch, pairs, max_iter, **like))  # coefficients of v_i
+        self.step_coef = small.host(torch.zeros(batch, max_iter, **like))  # last step, unscaled
         self.scale = torch.ones(batch, 1, **like)  # its line-search factor
-        self.count = 0  # update pairs written so far
-        self.neg_eye = -torch.eye(max_iter, **like)  # row t: the coefficients of -g_t
-        # ||dg||^2 = ||g_t - g_{t-1}||^2 from the 2 x 2 Gram block of g_{t-1}, g_t
-        self.dg_weights = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], **like)
+        self.neg_eye = small.host(-torch.eye(max_iter, **like))  # row t: coefficients of -g_t
         self.eps_sq = torch.finfo(z0.dtype).eps ** 2
+        self.count = 0  # update pairs written so far
 
     def residual(self, k: int, z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
         t = k - 1
         g = torch.sub(fz, z, out=self.basis[:, t])
-        row = self.gram[:, t, : t + 1]
+        row = self.gram_t[:, t, : t + 1]
         torch.bmm(g[:, None, :], self.basis[:, : t + 1].mT, out=row[:, None, :])
-        self.gram[:, :t, t] = row[:, :t]
+        self.gram_t[:, :t, t] = row[:, :t]
         return g, row[:, t]
 
     def step(self, k: int, z: Tensor, fz: Tensor, g: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -75,53 +77,50 @@ class GoodBroyden(UpdateRule):
             self.step_coef[:, 0] = 1.0
             direction = g
         else:
-            coef = self._update(t)
+            coef = small.as_tensor(self._update(t))[:, None, :]
             if not self.line_search:
                 # z + sum_i coef_i g_i in one pass over the basis
-                z_new = torch.baddbmm(z[:, None, :], coef[:, None, :], self.basis[:, :k])
-                return z_new[:, 0], None
-            direction = torch.bmm(coef[:, None, :], self.basis[:, :k])[:, 0]
+                return torch.baddbmm(z[:, None, :], coef, self.basis[:, :k])[:, 0], None
+            direction = torch.bmm(coef, self.basis[:, :k])[:, 0]
         if self.line_search:
             return self._search(z, g, direction)
         return z + direction, None
 
-    def _update(self, t: int) -> Tensor:
-        """The coefficients over ``g_0 ... g_t`` of the next step ``-M g_t``, also written to
-        ``step_coef``."""
+    def _update(self, t: int) -> Any:
+        """The coefficients over ``g_0 ... g_t`` of the next step ``-M g_t`` (written to
+        ``step_coef`` too), by ``(t x t)`` algebra on the Gram matrix ``R``."""
         n, slot, size = min(self.count, self.pairs), self.count % self.pairs, t + 1
         gram = self.gram[:, :size, :size]
         r = gram[:, t]  # R e_t: inner products of g_t with the basis
         u, v = self.u[:, :n, :size], self.v[:, :n, :size]
         prev = self.step_coef[:, :size]  # the last step before scaling, -M g_{t-1}
-        dz = prev * self.scale if self.line_search else prev
-        v_g = torch.bmm(v, r[:, :, None])  # (B, n, 1): v_i . g
-        # M g = -g + sum_i u_i (v_i . g)
-        m_g = torch.baddbmm(self.neg_eye[t, :size], v_g.mT, u)[:, 0]
-        r_dz = torch.bmm(gram, dz[:, :, None])  # (B, size, 1)
+        dz = prev * small.host(self.scale) if self.line_search else prev
+        v_g = v @ r[:, :, None]  # (B, n, 1): v_i . g
+        m_g = (v_g.mT @ u)[:, 0] + self.neg_eye[t, :size]  # M g = -g + sum_i u_i (v_i . g)
         # v = M^T dz = -dz + sum_i v_i (u_i . dz)
-        mt_dz = torch.baddbmm(dz[:, None, :], torch.bmm(u, r_dz).mT, v, beta=-1.0)[:, 0]
-        r_v = torch.bmm(gram, mt_dz[:, :, None])[:, :, 0]
+        mt_dz = ((u @ (gram @ dz[:, :, None])).mT @ v)[:, 0] - dz
+        r_v = (gram @ mt_dz[:, :, None])[:, :, 0]
         v_g_new = r_v[:, t]  # v . g_t
         denom = v_g_new - r_v[:, t - 1]  # v^T dg, with dg = g_t - g_{t-1}
         # skip the update where v^T dg vanishes relative to |v| |dg|
-        v_sq = torch.linalg.vecdot(mt_dz, r_v)
-        dg_sq = gram[:, t - 1 :, t - 1 :].mul(self.dg_weights).sum((1, 2))
-        usable = torch.addcmul(denom.square(), v_sq, dg_sq, value=-self.eps_sq) > 0
-        inv = torch.where(usable, denom.reciprocal(), 0.0)
+        v_sq = (mt_dz * r_v).sum(axis=1)
+        dg_sq = gram[:, t, t] + gram[:, t - 1, t - 1] - 2 * gram[:, t, t - 1]
+        usable = denom * denom > v_sq * dg_sq * self.eps_sq
+        inv = small.where(usable, 1 / small.where(usable, denom, 1.0), 0.0)
         # u = (dz - M dg) / (v^T dg) with M dg = M g - M g_{t-1} = M g + prev; the next step is
         # -M' g with M' = M + u v^T (minus the pair u replaces): -(M g + u (v . g))
         if self.line_search:
             u_new = (dz - prev - m_g) * inv[:, None]
-            coef = torch.addcmul(m_g, u_new, v_g_new[:, None]).neg_()
+            coef = -(m_g + u_new * v_g_new[:, None])
         else:
             # dz = prev, so u = -M g / (v^T dg) and the step is M g (v . g / v^T dg - 1)
             u_new = m_g * -inv[:, None]
-            coef = m_g * torch.addcmul(inv.new_tensor(-1.0), inv, v_g_new)[:, None]
+            coef = m_g * (inv * v_g_new - 1)[:, None]
         if self.count >= self.pairs:
-            coef.addcmul_(self.u[:, slot, :size], v_g[:, slot])
+            coef += self.u[:, slot, :size] * v_g[:, slot]
         self.u[:, slot, :size] = u_new
         self.v[:, slot, :size] = mt_dz
-        prev.copy_(coef)
+        prev[...] = coef
         self.count += 1
         return coef
 
