@@ -53,8 +53,7 @@ class GoodBroyden(UpdateRule):
         # residuals g_t; a step reads only the rows written so far
         self.basis = self.borrow((batch, max_iter, dim), z0)
         # the (t x t) state, as arrays for the small algebra (see torchdeq.solver.small)
-        self.gram_t = torch.zeros(batch, max_iter, max_iter, **like)
-        self.gram = small.host(self.gram_t)
+        self.gram = small.host(torch.zeros(batch, max_iter, max_iter, **like))
         self.u = small.host(torch.zeros(batch, pairs, max_iter, **like))  # coefficients of u_i
         self.v = small.host(torch.zeros(batch, pairs, max_iter, **like))  # coefficients of v_i
         self.step_coef = small.host(torch.zeros(batch, max_iter, **like))  # last step, unscaled
@@ -66,9 +65,8 @@ class GoodBroyden(UpdateRule):
     def residual(self, k: int, z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
         t = k - 1
         g = torch.sub(fz, z, out=self.basis[:, t])
-        row = self.gram_t[:, t, : t + 1]
-        torch.bmm(g[:, None, :], self.basis[:, : t + 1].mT, out=row[:, None, :])
-        self.gram_t[:, :t, t] = row[:, :t]
+        row = torch.bmm(g[:, None, :], self.basis[:, : t + 1].mT)[:, 0]
+        self.gram[:, t, : t + 1] = self.gram[:, : t + 1, t] = small.host(row)
         return g, row[:, t]
 
     def step(self, k: int, z: Tensor, fz: Tensor, g: Tensor) -> tuple[Tensor, Tensor | None]:
