@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from torchdeq.solver import small
 from torchdeq.solver.loop import FlatMap, UpdateRule, solve
 from torchdeq.solver.options import check_int, check_real, strict_options
 from torchdeq.solver.stat import SolverStat
@@ -54,8 +55,7 @@ class AndersonMixing(UpdateRule):
         self.mix_slot = [mix[:, s] for s in range(size)]
         self.res_t = [res[:, :n].mT for n in range(size + 1)]
         self.mix_n = [mix[:, :n] for n in range(size + 1)]
-        self.gram_row = [[gram[:, s, :n] for n in range(size + 1)] for s in range(size)]
-        self.gram_col = [[gram[:, :n, s] for n in range(size + 1)] for s in range(size)]
+        self.gram_host = small.host(gram)  # for cheap row writes (torchdeq.solver.small)
         self.gram_n = [gram[:, :n, :n] for n in range(size + 1)]
         self.floor_n = [_REG_FLOOR * eye[:n, :n] for n in range(size + 1)]
         self.scale_n = [scale[:n, :n] for n in range(size + 1)]
@@ -66,8 +66,7 @@ class AndersonMixing(UpdateRule):
         g = torch.sub(fz, z, out=self.res_slot[slot])
         # (B, 1, D) @ (B, D, n) is much faster than (B, n, D) @ (B, D, 1) on the CPU
         row = torch.matmul(g.unsqueeze(1), self.res_t[n]).squeeze(1)
-        self.gram_row[slot][n].copy_(row)
-        self.gram_col[slot][n].copy_(row)
+        self.gram_host[:, slot, :n] = self.gram_host[:, :n, slot] = small.host(row)
         # the new Gram diagonal entry is ||g||^2, which saves the loop a pass over g
         return g, row[:, slot]
 
