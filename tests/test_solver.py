@@ -271,14 +271,18 @@ def test_solver_rel_stop_mode_ranks_by_relative_residual(name: str, tracker):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", SOLVERS)
-def test_solver_on_cuda_matches_cpu_without_host_syncs(name: str):
+@pytest.mark.parametrize(
+    ("name", "options"), [(name, {}) for name in SOLVERS] + [("broyden", {"LBFGS_thres": 3})]
+)
+def test_solver_on_cuda_matches_cpu_without_host_syncs(name: str, options: dict):
     problem = PROBLEMS[0]
-    expected, _, _ = get_solver(name)(problem.func, problem.x0, max_iter=20, tol=0.0)
+    expected, _, _ = get_solver(name)(problem.func, problem.x0, max_iter=20, tol=0.0, **options)
     cell = affine(device="cuda")
     torch.cuda.set_sync_debug_mode("error")  # any host read in the loop raises
     try:
-        z_star, states, _ = get_solver(name)(cell.func, cell.x0, max_iter=20, tol=0.0, indexing=[3])
+        z_star, states, _ = get_solver(name)(
+            cell.func, cell.x0, max_iter=20, tol=0.0, indexing=[3], **options
+        )
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert z_star.device.type == "cuda" and states[0].device.type == "cuda"
