@@ -36,6 +36,17 @@ def test_workspace_keeps_at_most_max_kept_buffers():
     assert workspace.idle_bytes() == 0
 
 
+def test_workspace_keeps_at_most_max_idle_bytes(monkeypatch):
+    monkeypatch.setattr(workspace, "MAX_IDLE_BYTES", 100)
+    like = torch.zeros(1)
+    workspace.give_back(workspace.borrow((30,), like))  # 120 bytes: never kept
+    assert workspace.idle_bytes() == 0
+    for n in (10, 12, 9):
+        workspace.give_back(workspace.borrow((n,), like))
+    # 40 + 48 fit; adding 36 drops the oldest (40)
+    assert workspace.idle_bytes() == 48 + 36
+
+
 @pytest.mark.parametrize("name", ["anderson", "broyden"])
 def test_history_is_given_back_and_reused_with_identical_results(name: str):
     torch.manual_seed(0)

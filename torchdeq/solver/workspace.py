@@ -9,9 +9,10 @@ borrow their histories from here and give them back at the end of the solve; the
 of the same size reuses the warm pages.
 
 On accelerators PyTorch's caching allocator already does this, so buffers there are plain
-allocations. At most :data:`MAX_KEPT` buffers are kept (the least recently returned go
-first); :func:`release` drops them all. A buffer is lent to one solve at a time, so nested
-or concurrent solves get their own.
+allocations. At most :data:`MAX_KEPT` buffers and :data:`MAX_IDLE_BYTES` are kept (the least
+recently returned go first); :func:`release` drops them all. Larger histories are not kept:
+their page faults are a small part of the passes a solve makes over them. A buffer is lent to
+one solve at a time, so nested or concurrent solves get their own.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from torch import Tensor
 
 #: How many idle buffers are kept at most.
 MAX_KEPT = 4
+#: How much memory idle buffers may hold, in bytes.
+MAX_IDLE_BYTES = 256 * 2**20
 
 _idle: OrderedDict[tuple, list[Tensor]] = OrderedDict()
 _lock = threading.Lock()
@@ -53,15 +56,18 @@ def borrow(shape: tuple[int, ...], like: Tensor) -> Tensor:
 
 def give_back(buffer: Tensor) -> None:
     """Returns a buffer from :func:`borrow`; it must not be used afterwards."""
-    if buffer.device.type != "cpu":
+    if buffer.device.type != "cpu" or _nbytes(buffer) > MAX_IDLE_BYTES:
         return
     key = _key(buffer.shape, buffer.dtype)
     with _lock:
         _idle.setdefault(key, []).append(buffer)
         _idle.move_to_end(key)
-        while sum(len(kept) for kept in _idle.values()) > MAX_KEPT:
+        kept = [b for bs in _idle.values() for b in bs]
+        count, size = len(kept), sum(map(_nbytes, kept))
+        while count > MAX_KEPT or size > MAX_IDLE_BYTES:
             oldest = next(iter(_idle))
-            _idle[oldest].pop(0)
+            size -= _nbytes(_idle[oldest].pop(0))
+            count -= 1
             if not _idle[oldest]:
                 del _idle[oldest]
 
@@ -75,4 +81,8 @@ def release() -> None:
 def idle_bytes() -> int:
     """The memory held by idle buffers, in bytes."""
     with _lock:
-        return sum(b.numel() * b.element_size() for kept in _idle.values() for b in kept)
+        return sum(_nbytes(b) for kept in _idle.values() for b in kept)
+
+
+def _nbytes(buffer: Tensor) -> int:
+    return buffer.numel() * buffer.element_size()
