@@ -99,6 +99,15 @@ def test_broyden_small_algebra_agrees_on_numpy_and_torch(monkeypatch, memory, ls
         torch.testing.assert_close(a, b, atol=1e-13, rtol=0)
 
 
+@pytest.mark.filterwarnings("error")
+def test_broyden_flags_a_blow_up_without_warnings():
+    # exp overflows to inf, inf - inf is NaN: reported in info, not as NumPy warnings
+    z0 = torch.ones(3, 5)
+    z_star, _, info = broyden_solver(lambda z: torch.exp(50 * z), z0, max_iter=10, tol=0.0)
+    assert info["nonfinite"].all()
+    assert torch.isfinite(z_star).all()
+
+
 def test_broyden_solves_linear_system_in_few_steps():
     # good Broyden terminates on a linear problem in at most 2 * dim steps
     problem = PROBLEMS[0]

@@ -75,7 +75,8 @@ class GoodBroyden(UpdateRule):
             self.step_coef[:, 0] = 1.0
             direction = g
         else:
-            coef = small.as_tensor(self._update(t))[:, None, :]
+            with small.quiet():
+                coef = small.as_tensor(self._update(t))[:, None, :]
             if not self.line_search:
                 # z + sum_i coef_i g_i in one pass over the basis
                 return torch.baddbmm(z[:, None, :], coef, self.basis[:, :k])[:, 0], None

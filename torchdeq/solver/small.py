@@ -8,11 +8,14 @@ algebra runs on NumPy views that share memory with the solver's tensors: on the
 0.1 ms. On accelerators the tensors are used as they are, so nothing leaves the device.
 
 The algebra is written once, with operators (``@``, ``*``, indexing, ``.sum(axis=...)``,
-``.mT``) that NumPy arrays and tensors share, plus :func:`where`.
+``.mT``) that NumPy arrays and tensors share, plus :func:`where`, inside :func:`quiet` (a
+sample whose ``f`` blew up carries inf/NaN, which PyTorch passes on silently and NumPy would
+warn about; the solver's monitoring reports it in ``info['nonfinite']``).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -41,3 +44,8 @@ def where(condition: Any, x: Any, y: Any) -> Any:
     if np is not None and isinstance(condition, np.ndarray):
         return np.where(condition, x, y)
     return torch.where(condition, x, y)
+
+
+def quiet() -> contextlib.AbstractContextManager:
+    """Silences NumPy's floating-point warnings, as PyTorch is silent on inf/NaN."""
+    return np.errstate(all="ignore") if np is not None else contextlib.nullcontext()
