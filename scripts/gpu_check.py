@@ -137,34 +137,36 @@ def spectral():
 
 
 def timing():
-    torch.manual_seed(0)
-    cell = Cell().to(DEV).eval()
-    x = torch.randn(16, 32, 16, 16, device=DEV)
-    f = lambda z: cell(z, x)  # noqa: E731
-    with torch.no_grad():
-        for _ in range(3):
-            f(x)
-        torch.cuda.synchronize() if DEV.type == "cuda" else None
-        t0 = time.perf_counter()
-        for _ in range(30):
-            f(x)
-        torch.cuda.synchronize() if DEV.type == "cuda" else None
-        t_f = (time.perf_counter() - t0) / 30
-    for name in ("fixed_point_iter", "anderson", "broyden"):
-        solver = get_solver(name)
-        for _ in range(2):
-            solver(f, torch.zeros_like(x), max_iter=30, tol=0.0)
-        torch.cuda.synchronize() if DEV.type == "cuda" else None
-        t0 = time.perf_counter()
-        for _ in range(5):
-            solver(f, torch.zeros_like(x), max_iter=30, tol=0.0)
-        torch.cuda.synchronize() if DEV.type == "cuda" else None
-        t = (time.perf_counter() - t0) / 5
-        print(
-            f"TIME {name}: {1e3 * t:.2f} ms per 30-step solve = {t / (30 * t_f):.2f}x the limit"
-            f" (f: {1e3 * t_f:.3f} ms)",
-            flush=True,
-        )
+    """Solve time against NFE x t(f) on a launch-bound cell and on one the size of a DEQ layer."""
+    for batch, channels, size in ((16, 32, 16), (64, 64, 32)):
+        torch.manual_seed(0)
+        cell = Cell(channels).to(DEV).eval()
+        x = torch.randn(batch, channels, size, size, device=DEV)
+        f = lambda z, cell=cell, x=x: cell(z, x)  # noqa: E731
+        with torch.no_grad():
+            for _ in range(3):
+                f(x)
+            torch.cuda.synchronize() if DEV.type == "cuda" else None
+            t0 = time.perf_counter()
+            for _ in range(30):
+                f(x)
+            torch.cuda.synchronize() if DEV.type == "cuda" else None
+            t_f = (time.perf_counter() - t0) / 30
+        for name in ("fixed_point_iter", "anderson", "broyden"):
+            solver = get_solver(name)
+            for _ in range(2):
+                solver(f, torch.zeros_like(x), max_iter=30, tol=0.0)
+            torch.cuda.synchronize() if DEV.type == "cuda" else None
+            t0 = time.perf_counter()
+            for _ in range(5):
+                solver(f, torch.zeros_like(x), max_iter=30, tol=0.0)
+            torch.cuda.synchronize() if DEV.type == "cuda" else None
+            t = (time.perf_counter() - t0) / 5
+            print(
+                f"TIME {name} B={batch} C={channels} {size}x{size}: {1e3 * t:.2f} ms per 30-step"
+                f" solve = {t / (30 * t_f):.2f}x the limit (f: {1e3 * t_f:.3f} ms)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
