@@ -5,7 +5,7 @@ PyTorch CPU operation costs 4-20 us however small its input (a batched matrix pr
 dispatches every sample separately), while NumPy's cost about 1 us, so on the CPU that
 algebra runs on NumPy views that share memory with the solver's tensors: on the
 ``B=16, D=8192`` benchmark it took Broyden's per-step bookkeeping from 0.46 ms to about
-0.1 ms. On accelerators the tensors are used as they are, so nothing leaves the device.
+0.2 ms. On accelerators the tensors are used as they are, so nothing leaves the device.
 
 The algebra is written once, with operators (``@``, ``*``, indexing, ``.sum(axis=...)``,
 ``.mT``) that NumPy arrays and tensors share, plus :func:`where`, inside :func:`quiet` (a
