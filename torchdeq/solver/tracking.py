@@ -38,20 +38,16 @@ class HostTracker:
 
     def observe(self, k: int, rank: Tensor, z: Tensor) -> None:
         """Takes the residuals ``rank`` of ``z = z_{k-1}`` in the stopping mode."""
-        values = rank.tolist()
-        lowest = self.lowest
-        if self.early_stop:
-            tol = self.tol
-            better = [v < low and not low < tol for v, low in zip(values, lowest)]
-            # NaN/Inf never recovers, so such a sample does not hold up early stopping
-            self.blown = [b or not math.isfinite(v) for b, v in zip(self.blown, values)]
-        else:
-            better = [v < low for v, low in zip(values, lowest)]
-        rows = [i for i, improved in enumerate(better) if improved]
-        for i in rows:
-            lowest[i] = values[i]
-            self.step[i] = k - 1
-        if len(rows) == len(better):
+        lowest, tol = self.lowest, self.tol
+        rows = []
+        for i, value in enumerate(rank.tolist()):
+            if value < lowest[i] and not (self.early_stop and lowest[i] < tol):
+                lowest[i] = value
+                self.step[i] = k - 1
+                rows.append(i)
+            elif not math.isfinite(value):
+                self.blown[i] = True
+        if len(rows) == len(lowest):
             # iterates are never changed in place, so the best can be z itself
             self.best = z
         elif rows:
