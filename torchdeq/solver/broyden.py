@@ -72,7 +72,10 @@ class GoodBroyden(UpdateRule):
     def step(self, k: int, z: Tensor, fz: Tensor, g: Tensor) -> tuple[Tensor, Tensor | None]:
         t = k - 1
         if t == 0:
+            # M = -I: the first step is the fixed-point step
             self.step_coef[:, 0] = 1.0
+            if not self.line_search:
+                return z + g, None
             direction = g
         else:
             with small.quiet():
@@ -81,9 +84,7 @@ class GoodBroyden(UpdateRule):
                 # z + sum_i coef_i g_i in one pass over the basis
                 return torch.baddbmm(z[:, None, :], coef, self.basis[:, :k])[:, 0], None
             direction = torch.bmm(coef, self.basis[:, :k])[:, 0]
-        if self.line_search:
-            return self._search(z, g, direction)
-        return z + direction, None
+        return self._search(z, g, direction)
 
     def _update(self, t: int) -> Any:
         """The coefficients over ``g_0 ... g_t`` of the next step ``-M g_t`` (written to
