@@ -169,7 +169,7 @@ def backward_factory(
         sup_loc (list[int], optional): Also return the phantom states at these steps (1..k).
         tau (float): Damping of phantom gradients, in (0, 1]. Default 1.0. 0.5-0.7 suits MDEQ.
         **grad_factory_kwargs: Extra arguments are ignored, with an OptionWarning naming them
-            (an OptionError in strict mode, see :func:`torchdeq.utils.strict`).
+            (an OptionError in strict mode, see :func:`~torchdeq.utils.checks.strict`).
 
     Returns:
         callable: ``grad_fn(trainer, func, z_pred, writer=None) -> list[Tensor]``. ``writer``, if

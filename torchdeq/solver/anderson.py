@@ -126,7 +126,7 @@ def anderson_solver(
         return_final (bool, optional): If True, run all steps and return the final iterate
             instead of the one with the smallest residual. Default: False.
         **kwargs: Extra arguments are ignored, with an OptionWarning naming them (an
-            OptionError in strict mode, see :func:`torchdeq.utils.strict`).
+            OptionError in strict mode, see :func:`~torchdeq.utils.checks.strict`).
 
     Returns:
         tuple[torch.Tensor, list[torch.Tensor], SolverStat]: The fixed point estimate, the

@@ -61,7 +61,7 @@ def fixed_point_iter(
         return_final (bool, optional): If True, run all steps and return the final iterate
             instead of the one with the smallest residual. Default: False.
         **kwargs: Extra arguments are ignored, with an OptionWarning naming them (an
-            OptionError in strict mode, see :func:`torchdeq.utils.strict`).
+            OptionError in strict mode, see :func:`~torchdeq.utils.checks.strict`).
 
     Returns:
         tuple[torch.Tensor, list[torch.Tensor], SolverStat]: The fixed point estimate, the
@@ -121,7 +121,7 @@ def simple_fixed_point_iter(
         return_final (bool, optional): Accepted for a uniform solver interface and ignored
             (the final iterate is always returned).
         **kwargs: Extra arguments are ignored, with an OptionWarning naming them (an
-            OptionError in strict mode, see :func:`torchdeq.utils.strict`).
+            OptionError in strict mode, see :func:`~torchdeq.utils.checks.strict`).
 
     Returns:
         tuple[torch.Tensor, list[torch.Tensor], SolverStat]: The approximate solution, the

@@ -52,7 +52,7 @@ class SolverStat(dict):
     - ``'sradius'``: the largest absolute eigenvalue of the Jacobian at the returned iterate,
       estimated by power iteration, shape ``(B,)``. The DEQ cores compute it in eval mode with
       ``sradius_mode=True``; everywhere else it holds the sentinel ``-1`` per sample
-      (:data:`SRADIUS_NOT_COMPUTED`).
+      (``SRADIUS_NOT_COMPUTED``).
 
     Solvers that do not monitor (``simple_fixed_point_iter``) return :meth:`dummy` statistics.
 
