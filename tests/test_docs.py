@@ -163,6 +163,10 @@ def test_zoo_has_a_page_per_project_readme():
     assert pages == readmes
 
 
+def _exports(module: str) -> list[str]:
+    return list(getattr(importlib.import_module(module), "__all__", ()))
+
+
 def _public_names() -> set[str]:
     names = set()
     packages = ("core", "dropout", "loss", "norm", "solver", "utils")
@@ -189,5 +193,8 @@ def test_docs_build_without_warnings(tmp_path):
         for name in entries
     }
     assert not sorted(_public_names() - documented)
+    # every framework module with a public surface has its section
+    framework = {m for m in _modules() if m.startswith("deqzoo") and _exports(m)}
+    assert not sorted(framework - set(inventory["py:module"]))
     for readme in (ROOT / "projects").glob("*/README.md"):
         assert (out / "zoo" / "projects" / f"{readme.parent.name}.html").is_file()
