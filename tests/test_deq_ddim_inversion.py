@@ -49,11 +49,11 @@ def test_inversion_reduces_the_loss():
     start = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(5))
     unrolled = invert_unrolled(net, sched, target, 4, start, iters=6, lr=0.2)
     assert unrolled.loss[-1] < 0.5 * unrolled.loss[0]
-    for deq in ({"grad": 1}, {"ift": True, "b_max_iter": 4, "b_tol": 1e-8}):
-        through = invert_deq(net, sched, target, 4, start, deq=deq, iters=6, lr=0.2,
-                             solve_iters=2)  # fmt: skip
-        assert through.loss[-1] < 0.5 * through.loss[0], deq
-        assert through.psnr[-1] > through.psnr[0]
+    # the one-step phantom gradient (IFT: the next test)
+    through = invert_deq(net, sched, target, 4, start, deq={"grad": 1}, iters=6, lr=0.2,
+                         solve_iters=2)  # fmt: skip
+    assert through.loss[-1] < 0.5 * through.loss[0]
+    assert through.psnr[-1] > through.psnr[0]
 
 
 def test_deq_gradient_with_ift_matches_backprop_through_the_chain():
