@@ -1,9 +1,27 @@
-"""Shared test set-up: one intra-op thread.
+"""Shared test set-up: one intra-op thread, and torchdeq in strict mode.
 
 The tests use tiny tensors, which only lose time to thread hand-offs (on a loaded 2-core machine
 a small conv took 21 ms with two threads against 0.1 ms with one).
+
+Strict mode turns every unknown (ignored) option into an OptionError, so no code under test
+passes an option the library does not know. The environment variable reaches subprocesses too
+(training runs started by the tests).
 """
 
+import os
+
+import pytest
 import torch
 
+os.environ["TORCHDEQ_STRICT"] = "1"
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def lenient(monkeypatch):
+    """Runs a test outside strict mode, with a fresh record of the warnings already given."""
+    from torchdeq.utils import checks
+
+    monkeypatch.setattr(checks, "_warned", set())
+    with checks.strict(False):
+        yield
