@@ -63,7 +63,6 @@ def test_deq_inr_one_optimisation_step_lowers_the_loss(tmp_path):
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup("fit")
     model = hydra.utils.instantiate(cfg.model)
-    model.render = False
     batch = next(iter(datamodule.train_dataloader()))
 
     def loss() -> float:
@@ -84,8 +83,8 @@ def test_deq_inr_one_optimisation_step_lowers_the_loss(tmp_path):
     [
         ("camera", DEQINR, {"trainer.max_time": "00:00:10:00", "norm.norm_type": "weight_norm"}),
         ("camera_explicit", ExplicitINR, {"model.net.width": 256, "model.net.depth": None}),
-        ("audio", DEQINR, {"model.net.filter.scale": 1000.0, "data.in_features": 1}),
-        ("video", DEQINR, {"data.in_features": 3, "data.out_features": 3}),
+        ("audio", DEQINR, {"model.net.filter.scale": 1000.0, "data.in_channels": 1}),
+        ("video", DEQINR, {"data.in_channels": 3, "data.out_channels": 3}),
         (
             "video_siren",
             DEQINR,
