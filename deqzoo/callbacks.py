@@ -94,7 +94,7 @@ class DEQStats(Callback):
 
         Example:
             >>> info = {"nstep": torch.tensor([3, 5]), "abs_lowest": torch.tensor([0.1, 0.3])}
-            >>> {k: float(v) for k, (v, _) in DEQStats.summarise(info).items()}
+            >>> {k: round(float(v), 4) for k, (v, _) in DEQStats.summarise(info).items()}
             {'nstep': 4.0, 'nstep_max': 5.0, 'abs_residual': 0.2}
         """
         nstep = info.get("nstep")
