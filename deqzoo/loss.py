@@ -29,8 +29,8 @@ def jac_loss_at(f: Callable[..., Any], z: Tensor | Sequence[Tensor], vecs: int =
     """The Jacobian regulariser of ``f`` at the state ``z``: :func:`torchdeq.jac_reg` there.
 
     ``z`` is detached (the regulariser trains ``f``'s parameters, not the solve); a tuple state
-    (e.g. MDEQ's resolution branches, with ``f(*z)``) is treated as one flat vector, so the
-    estimate covers the whole Jacobian, cross-branch blocks included.
+    (e.g. the resolution branches of a multiscale DEQ, with ``f(*z)``) is treated as one flat
+    vector, so the estimate covers the whole Jacobian, cross-branch blocks included.
 
     Args:
         f (Callable): The DEQ's function, ``f(z)`` for a tensor state, ``f(*z)`` for a tuple.

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler

@@ -21,7 +21,13 @@ from projects.deq_inr.data import (
     psnr,
     read_wav,
 )
-from projects.deq_inr.render import reconstruction_name, save_reconstruction, video_grid, write_png, write_wav
+from projects.deq_inr.render import (
+    reconstruction_name,
+    save_reconstruction,
+    video_grid,
+    write_png,
+    write_wav,
+)
 
 
 def _wav(path, samples: np.ndarray, rate: int = 8000, width: int = 2) -> None:

@@ -36,7 +36,7 @@ def check_sizes(owner: str, configured: Mapping[str, int | None], found: Mapping
         >>> check_sizes("Images", {"num_classes": 3}, {"num_classes": 10})
         Traceback (most recent call last):
         ...
-        ValueError: Images: data.num_classes=3 was configured but the data has 10; set data.num_classes=10
+        ValueError: Images: data.num_classes=3 was configured but the data has 10; set ...
     """
     for key, want in configured.items():
         if key not in found:

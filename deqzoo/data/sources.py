@@ -9,8 +9,8 @@ own in ``projects/<name>/data.py``::
 
     from deqzoo.data.sources import DataSet, Debian
 
-    SOURCES = [DataSet("wordnet", "WordNet 3.0 verb synsets", ("data.verb",),
-                       Debian("wordnet-base", "/usr/share/wordnet"))]
+    SOURCES = [DataSet("speech", "Spoken words, 48 kHz WAV", ("one.wav", "two.wav"),
+                       Debian("some-sounds", "/usr/share/sounds/some"))]
 
 and deqzoo discovers it (:func:`lookup`, :func:`catalogue`) without knowing the project.
 """
@@ -47,7 +47,7 @@ class Debian:
 
     Args:
         package (str): The package name (downloaded, never installed).
-        directory (str): Where the package installs the files, e.g. ``/usr/share/wordnet``.
+        directory (str): Where the package installs the files, e.g. ``/usr/share/sounds/alsa``.
     """
 
     package: str

@@ -336,6 +336,7 @@ class DEQINR(nn.Module):
         cached = self.reuse and index is not None
         z0 = self.cache.read(index).to(u.dtype) if cached else u.new_zeros(u.shape)
         skip = cached and self._fresh(index)
+
         def f(z: Tensor) -> Tensor:
             return self.cell(z, u)
 
