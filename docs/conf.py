@@ -37,6 +37,8 @@ napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 autodoc_member_order = "bysource"
 autodoc_default_options = {"show-inheritance": True}
+# Overrides of torch / Lightning methods would otherwise show those libraries' docstrings.
+autodoc_inherit_docstrings = False
 
 myst_heading_anchors = 3
 myst_enable_extensions = ["dollarmath"]
@@ -66,3 +68,55 @@ def write_zoo_pages() -> list[str]:
 
 
 ZOO_PROJECTS = write_zoo_pages()
+
+
+# -- Cross-references ------------------------------------------------------------------------
+# Every reference must resolve (nitpicky), except to the libraries we build on: this site is
+# built offline, so there is no intersphinx inventory of PyTorch or Python to link into.
+nitpicky = True
+nitpick_ignore_regex = [
+    (r"py:.*", r"(torch|nn|collections\.abc|argparse|typing|numpy|os|pathlib)\..*"),
+    (r"py:.*", r"(lightning|omegaconf|hydra)\..*"),
+]
+
+
+def _public_base(base: type) -> type:
+    """The first public class in ``base``'s MRO (private bases are not documented)."""
+    return next(cls for cls in base.__mro__ if not cls.__name__.startswith("_"))
+
+
+def _public_bases(app, name, obj, options, bases: list) -> None:
+    bases[:] = list(dict.fromkeys(_public_base(b) for b in bases))
+
+
+def _resolve_short_names(app, env, node, contnode):
+    """Resolves ``:class:`OptionError``` from any module to the one documented object so named.
+
+    Docstrings name objects the way their own module imports them; the page documents each
+    object once, under its public path. References to private names render as plain code, and
+    so do the undotted words of docstring types that name nothing documented ("int, optional",
+    "Tensor or tuple of Tensors", "callable").
+    """
+    if node.get("refdomain") != "py":
+        return None
+    target = node["reftarget"].lstrip(".~")
+    if target.rsplit(".", 1)[-1].startswith("_"):
+        return contnode
+    objects = env.get_domain("py").objects
+    matches = [
+        name
+        for name, entry in objects.items()
+        if not entry.aliased and (name == target or name.endswith("." + target))
+    ]
+    if len(matches) != 1:
+        # type fields and annotations make "specific" references; explicit roles do not
+        return contnode if node.get("refspecific") and "." not in target and not matches else None
+    from sphinx.util.nodes import make_refnode
+
+    entry = objects[matches[0]]
+    return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode)
+
+
+def setup(app):
+    app.connect("autodoc-process-bases", _public_bases)
+    app.connect("missing-reference", _resolve_short_names)
