@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
+from lightning import Trainer
 
 __all__ = ["run_file", "write_run_file"]
 
 
-def run_file(trainer: L.Trainer, name: str) -> Path | None:
+def run_file(trainer: Trainer, name: str) -> Path | None:
     """The path of ``name`` in the run folder, its folder created; None off global zero.
 
     Args:
-        trainer (L.Trainer): The running trainer.
+        trainer (lightning.Trainer): The running trainer.
         name (str): A relative path, e.g. ``'reconstruction.png'`` or ``'samples/e003.png'``.
 
     Returns:
@@ -29,7 +29,7 @@ def run_file(trainer: L.Trainer, name: str) -> Path | None:
         ValueError: If ``name`` is absolute or leaves the run folder.
 
     Example:
-        >>> trainer = L.Trainer(default_root_dir="/tmp/run", logger=False)  # doctest: +SKIP
+        >>> trainer = Trainer(default_root_dir="/tmp/run", logger=False)  # doctest: +SKIP
         >>> run_file(trainer, "curves/psnr.csv")  # doctest: +SKIP
         PosixPath('/tmp/run/curves/psnr.csv')
     """
@@ -43,11 +43,11 @@ def run_file(trainer: L.Trainer, name: str) -> Path | None:
     return path
 
 
-def write_run_file(trainer: L.Trainer, name: str, content: str | bytes) -> Path | None:
+def write_run_file(trainer: Trainer, name: str, content: str | bytes) -> Path | None:
     """Writes ``content`` (text or bytes) to ``name`` in the run folder (global zero only).
 
     Args:
-        trainer (L.Trainer): The running trainer.
+        trainer (lightning.Trainer): The running trainer.
         name (str): A relative path in the run folder.
         content (str | bytes): What to write.
 

@@ -26,7 +26,7 @@ __all__ = ["DEQLoss", "jac_loss_at"]
 
 
 def jac_loss_at(f: Callable[..., Any], z: Tensor | Sequence[Tensor], vecs: int = 1) -> Tensor:
-    """The Jacobian regulariser of ``f`` at the state ``z``: :func:`torchdeq.jac_reg` there.
+    """The Jacobian regulariser of ``f`` at the state ``z``: :func:`torchdeq.loss.jac_reg` there.
 
     ``z`` is detached (the regulariser trains ``f``'s parameters, not the solve); a tuple state
     (e.g. the resolution branches of a multiscale DEQ, with ``f(*z)``) is treated as one flat

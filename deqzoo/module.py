@@ -39,8 +39,9 @@ class DEQLitModule(L.LightningModule):
       ``train/jac_loss``. With ``jac_loss_weight=0`` the net is never asked for it;
     * **logging**: every entry of :meth:`model_step`'s dict is logged as ``stage/name``: tensors
       per step in training and as epoch means otherwise, torchmetrics ``Metric`` objects
-      (made with :meth:`add_metric`) by Lightning, which syncs them across processes. The entry
-      :data:`OUTPUTS` is not logged: it is returned to the callbacks that write artefacts;
+      (made with :meth:`add_metric`) by Lightning, which syncs them across processes. The
+      entry :data:`~deqzoo.module.OUTPUTS` is not logged: it is returned to the callbacks that
+      write artefacts;
     * **optimisation**: the ``_partial_`` optimiser gets two parameter groups (no weight decay
       for biases, norm affines and weight-norm gains, :func:`deqzoo.optim.is_no_decay`), the
       ``_partial_`` scheduler is completed with the run's length
@@ -113,10 +114,17 @@ class DEQLitModule(L.LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.loss_options = DEQLoss.from_config(loss)
-        self.metrics = nn.ModuleDict()
+        #: The DEQ ``info`` of the last forward pass (:doc:`/statistics`), which the
+        #: :class:`~deqzoo.callbacks.DEQStats` and :class:`~deqzoo.callbacks.SpectralRadius`
+        #: callbacks read.
         self.deq_info: Mapping[str, torch.Tensor] | None = None
+        #: Set by :class:`~deqzoo.callbacks.SpectralRadius` while it wants the spectral radius;
+        #: the module then asks its net for it.
         self.sradius_mode = False
+        #: The shared loss options (:class:`deqzoo.loss.DEQLoss`) from the ``loss`` argument.
+        self.loss_options = DEQLoss.from_config(loss)
+        #: The torchmetrics registered by :meth:`add_metric`, keyed ``<stage>_<name>``.
+        self.metrics = nn.ModuleDict()
         # Set for the one forward pass of a training step drawn for Jacobian regularisation.
         self._jac_pending = False
         self._jac_asked = False
@@ -212,8 +220,9 @@ class DEQLitModule(L.LightningModule):
 
         Returns:
             dict[str, Any]: Values to log as ``stage/name``: scalar tensors or torchmetrics
-            ``Metric`` objects; ``'loss'`` is required in training. An :data:`OUTPUTS` entry
-            (anything) is not logged but handed to the callbacks.
+            ``Metric`` objects; ``'loss'`` is required in training. An
+            :data:`~deqzoo.module.OUTPUTS` entry (anything) is not logged but handed to the
+            callbacks.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement model_step")
 

@@ -76,7 +76,7 @@ ZOO_PROJECTS = write_zoo_pages()
 nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(torch|nn|collections\.abc|argparse|typing|numpy|os|pathlib)\..*"),
-    (r"py:.*", r"(lightning|omegaconf|hydra)\..*"),
+    (r"py:.*", r"(lightning|omegaconf|hydra|torchmetrics)\..*"),
 ]
 
 

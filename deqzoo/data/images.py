@@ -163,7 +163,7 @@ class ImageDataModule(L.LightningDataModule):
         classes (Sequence[int], optional): Keep only these classes (relabelled 0..k-1).
         seed (int, optional): Seed of the split and subsets. Default 0.
         in_channels (int, optional): Expected image channels; checked at setup
-            (:func:`deqzoo.data.check_sizes`; the net's config reads it). Default None.
+            (:func:`deqzoo.data.checks.check_sizes`; the net's config reads it). Default None.
         num_classes (int, optional): Expected classes (after ``classes``); checked at setup.
             Default None.
 

@@ -133,8 +133,8 @@ SHARED = (
     ),
 )
 
-#: The catalogue: the shared data sets, then those of the projects as they are discovered
-#: (:func:`catalogue`, :func:`lookup`).
+# The catalogue: the shared data sets, then those of the projects as they are discovered
+# (catalogue(), lookup()).
 DATASETS = Registry("data set")
 for _ds in SHARED:
     DATASETS.register(_ds.name, _ds)

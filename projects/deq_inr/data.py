@@ -309,7 +309,7 @@ class CoordinateDataModule(L.LightningDataModule):
         eval_batch_size (int, optional): Coordinates per validation and test batch.
             Default 65536.
         in_channels (int, optional): Expected coordinate dimension; checked at setup
-            (:func:`deqzoo.data.check_sizes`; the net's config reads it). Default None (not
+            (:func:`deqzoo.data.checks.check_sizes`; the net's config reads it). Default None (not
             checked).
         out_channels (int, optional): Expected channels of the signal's values; checked at
             setup. Default None.
