@@ -27,7 +27,7 @@ extensions = [
     "myst_parser",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_generated"]
 html_theme = "furo"
 html_title = f"TorchDEQ {release}"
 
@@ -68,6 +68,57 @@ def write_zoo_pages() -> list[str]:
 
 
 ZOO_PROJECTS = write_zoo_pages()
+
+
+# -- The table of every option, from ``add_deq_args`` itself ---------------------------------
+GENERATED = DOCS / "_generated"
+
+
+def _cell(text: str) -> str:
+    return text.replace("\n", " ").replace("|", "\\|")
+
+
+def write_options_table() -> None:
+    """Writes ``_generated/deq_options.rst``: one row per option of ``add_deq_args``."""
+    import argparse
+
+    from torchdeq.utils import add_deq_args
+
+    parser = add_deq_args(argparse.ArgumentParser(add_help=False))
+    lines = []
+    for group in parser._action_groups:
+        actions = [a for a in group._group_actions if a.option_strings]
+        if not actions:
+            continue
+        lines += [
+            f".. list-table:: {group.title}",
+            "   :header-rows: 1",
+            "   :widths: 22 18 60",
+            "",
+            "   * - option",
+            "     - default",
+            "     - meaning",
+        ]
+        for action in actions:
+            meaning = action.help or ""
+            if action.choices:
+                meaning += f" (one of {', '.join(repr(c) for c in action.choices)})"
+            if action.nargs == "+":
+                meaning += " (one or more values)"
+            lines += [
+                f"   * - ``{action.dest}``",
+                f"     - ``{action.default!r}``",
+                f"     - {_cell(meaning.strip())}".rstrip(),
+            ]
+        lines.append("")
+    GENERATED.mkdir(exist_ok=True)
+    text = "\n".join(lines)
+    target = GENERATED / "deq_options.rst"
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+
+
+write_options_table()
 
 
 # -- Cross-references ------------------------------------------------------------------------
