@@ -127,7 +127,7 @@ write_options_table()
 nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(torch|nn|collections\.abc|argparse|typing|numpy|os|pathlib)\..*"),
-    (r"py:.*", r"(lightning|omegaconf|hydra)\..*"),
+    (r"py:.*", r"(lightning|omegaconf|hydra|torchmetrics)\..*"),
 ]
 
 
