@@ -17,6 +17,8 @@ import lightning as L
 import numpy as np
 from torch import Tensor
 
+from deqzoo.artefacts import run_file, write_run_file
+
 __all__ = ["AgreementPlot", "SampleGrids", "image_grid", "plot_agreement", "write_grid"]
 
 
@@ -89,9 +91,8 @@ class SampleGrids(L.Callback):
         if not trainer.is_global_zero:
             return
         res = _results(pl_module)
-        out = Path(trainer.default_root_dir)
         for name, images in res.get("samples", {}).items():
-            write_grid(images, out / f"samples_{name}.png")
+            write_grid(images, run_file(trainer, f"samples_{name}.png"))
         inv = res.get("inversion")
         if inv:
             import torch
@@ -102,8 +103,9 @@ class SampleGrids(L.Callback):
             rows = [inv["target"], inv["analytic"]]
             with torch.no_grad():
                 for key in ("unrolled", "deq"):
-                    rows.append(ddim_sample(pl_module.net, pl_module.schedule, inv[key].x_T, steps))
-            write_grid(torch.cat(rows), out / "inversion.png", columns=len(inv["target"]))
+                    unet = pl_module.net.unet
+                    rows.append(ddim_sample(unet, pl_module.schedule, inv[key].x_T, steps))
+            write_grid(torch.cat(rows), run_file(trainer, "inversion.png"), columns=len(rows[0]))
 
 
 class AgreementPlot(L.Callback):
@@ -115,6 +117,5 @@ class AgreementPlot(L.Callback):
         curves = _results(pl_module).get("curves")
         if not curves:
             return
-        out = Path(trainer.default_root_dir)
-        plot_agreement(curves, out / "agreement.png")
-        (out / "agreement.json").write_text(json.dumps({str(k): v for k, v in curves.items()}))
+        plot_agreement(curves, run_file(trainer, "agreement.png"))
+        write_run_file(trainer, "agreement.json", json.dumps({str(k): v for k, v in curves.items()}))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from deqzoo.data import load_image_set
+from deqzoo.data import check_sizes, load_image_set
 
 __all__ = ["DiffusionDataModule", "to_unit_range"]
 
@@ -48,6 +48,9 @@ class DiffusionDataModule(L.LightningDataModule):
         train_limit (int, optional): Keep only this many training images.
         test_limit (int, optional): Keep only this many test images.
         seed (int): Seed of the split. Default 0.
+        in_channels (int, optional): Expected image channels, checked at setup
+            (:func:`deqzoo.data.check_sizes`; the net's config reads it). Default None.
+        num_classes (int, optional): Expected classes of the set. Default None.
 
     Example:
         >>> dm = DiffusionDataModule("digits", size=8, val_size=100, batch_size=16)
@@ -69,6 +72,8 @@ class DiffusionDataModule(L.LightningDataModule):
         train_limit: int | None = None,
         test_limit: int | None = None,
         seed: int = 0,
+        in_channels: int | None = None,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -79,6 +84,11 @@ class DiffusionDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         images = load_image_set(hp.name, hp.root)
+        check_sizes(
+            type(self).__name__,
+            {"in_channels": hp.in_channels, "num_classes": hp.num_classes},
+            {"in_channels": images.train_x.shape[1], "num_classes": images.num_classes},
+        )
         train_x, train_y = images.train_x, images.train_y
         test_x, test_y = images.test_x, images.test_y
         if hp.classes is not None:

@@ -69,6 +69,7 @@ def train_feature_net(
     test: tuple[Tensor, Tensor],
     epochs: int = 2,
     seed: int = 0,
+    dim: int = 64,
     batch_size: int = 128,
     lr: float = 2e-3,
 ) -> tuple[FeatureNet, float]:
@@ -77,7 +78,8 @@ def train_feature_net(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         x, y = train
-        net = FeatureNet(x.shape[1], int(max(y.max(), test[1].max())) + 1).to(x.device)
+        classes = int(max(y.max(), test[1].max())) + 1
+        net = FeatureNet(x.shape[1], classes, dim=dim).to(x.device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     with torch.enable_grad():
         _fit(net, opt, x, y, epochs, batch_size, gen)
@@ -153,7 +155,8 @@ def agreement_curves(
 
     Returns:
         dict: Per ``T``: ``deq_rms``, ``deq_maxabs``, ``picard_rms``, ``picard_maxabs`` (lists,
-        entry ``k`` after ``k`` parallel iterations) and ``seconds`` of each solve.
+        entry ``k`` after ``k`` parallel iterations), ``final_rms`` / ``final_maxabs`` of the
+        samples the DEQ returned, and the CPU ``seconds`` of each sampler.
     """
     layer = get_deq(deq or {})
     out = {}
@@ -167,8 +170,9 @@ def agreement_curves(
         # the solver stops a sample once its residual norm says the state has settled
         tol = stop_rms * math.sqrt(T * x_T[0].numel())
         t0 = time.process_time()
-        _, info, traces = deq_sample(system, x_T, layer, n, tol=tol, reference=reference)
+        sample, info, traces = deq_sample(system, x_T, layer, n, tol=tol, reference=reference)
         deq_s = time.process_time() - t0
+        diff = (sample - reference).double()
         d_rms, d_max = _batch_rms(traces)
         picard = get_deq(f_solver="fixed_point_iter", f_solver_kwargs={})
         t0 = time.process_time()
@@ -177,6 +181,7 @@ def agreement_curves(
         p_rms, p_max = _batch_rms(p_traces)
         out[T] = dict(
             deq_rms=d_rms, deq_maxabs=d_max, picard_rms=p_rms, picard_maxabs=p_max,
+            final_rms=float(diff.pow(2).mean().sqrt()), final_maxabs=float(diff.abs().max()),
             seconds=dict(sequential=seq_s, deq=deq_s, picard=p_s),
             nstep=info["nstep"].tolist(),
         )  # fmt: skip
@@ -207,7 +212,9 @@ def evaluate(
     param: str = "x0",
     clip: bool = True,
     budget: int = 15,
+    stop_rms: float = 1e-5,
     fd_samples: int = 128,
+    fd_features: int = 32,
     ddpm_samples: int = 0,
     grid_samples: int = 64,
     classifier_epochs: int = 2,
@@ -215,6 +222,7 @@ def evaluate(
     inversion_iters: int = 20,
     inversion_lr: float = 0.01,
     inversion_solve_iters: int = 3,
+    inversion_first_iters: int | None = None,
     seed: int = 0,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Runs the whole evaluation; returns scalar metrics and the artefacts' data.
@@ -233,8 +241,13 @@ def evaluate(
         curve_iters (Mapping[int, int], optional): DEQ iterations per ``T`` (default ``T``).
         param (str): Parametrisation of the joint state. Default ``'x0'``.
         clip (bool): Clip ``x0_hat``. Default True.
-        budget (int): DEQ-DDIM's iterations for the Frechet distance. Default 15.
+        budget (int): DEQ-DDIM's largest number of iterations for the Frechet distance (the
+            paper's 15). Default 15.
+        stop_rms (float): DEQ-DDIM stops a sample once the RMS of its residual (over the
+            whole state) is below this; the agreement curves stop at a tenth of it.
+            Default 1e-5.
         fd_samples (int): Samples per Frechet distance. Default 128.
+        fd_features (int): Feature dimension of the classifier. Default 32.
         ddpm_samples (int): DDPM samples (all training steps) for its Frechet distance; 0
             skips it. Default 0.
         grid_samples (int): Samples in the artefact grids. Default 64.
@@ -243,6 +256,8 @@ def evaluate(
         inversion_iters (int): Optimisation steps of each inversion. Default 20.
         inversion_lr (float): Adam's learning rate of the inversions. Default 0.01.
         inversion_solve_iters (int): Warm-started solver iterations per inversion step.
+        inversion_first_iters (int, optional): Solver iterations of the first inversion
+            solve (from the zero state; default ``steps``).
         seed (int): Seed of the noise draws. Default 0.
 
     Returns:
@@ -268,12 +283,12 @@ def evaluate(
         # agreement
         curves = agreement_curves(
             model, schedule, noise(curve_samples), sorted(set(curve_steps) | {steps}), deq,
-            param, curve_iters, clip,
+            param, curve_iters, clip, stop_rms / 10,
         )  # fmt: skip
         results["curves"] = curves
         main = curves[steps]
-        metrics["ddim_deq_rms"] = main["deq_rms"][-1]
-        metrics["ddim_deq_maxabs"] = main["deq_maxabs"][-1]
+        metrics["ddim_deq_rms"] = main["final_rms"]
+        metrics["ddim_deq_maxabs"] = main["final_maxabs"]
         for name, key in (("deq_iters", "deq_rms"), ("picard_iters", "picard_rms")):
             k = first_below(main[key], 1e-3)
             metrics[name] = float("nan") if k is None else float(k)
@@ -287,7 +302,7 @@ def evaluate(
             held = (test_images, test_labels)
         t0 = time.process_time()
         classifier, acc = train_feature_net(
-            (train[0].to(device), train[1].to(device)), held, classifier_epochs, seed
+            (train[0].to(device), train[1].to(device)), held, classifier_epochs, seed, fd_features
         )
         log.info("feature classifier: %.4f accuracy (%.0f s)", acc, time.process_time() - t0)
         metrics["classifier_acc"] = acc
@@ -297,8 +312,11 @@ def evaluate(
         system = DDIMSystem(model, schedule, steps, clip, param).to(device)
         with torch.no_grad():
             ddim = ddim_sample(model, schedule, x_T, steps, clip)
-        deq_x, _, traces = deq_sample(system, x_T, layer, budget, reference=ddim)
+        tol = stop_rms * math.sqrt(steps * x_T[0].numel())
+        deq_x, info, traces = deq_sample(system, x_T, layer, budget, tol=tol, reference=ddim)
         rms_budget, max_budget = _batch_rms(traces)
+        metrics["deq_iters_budget"] = len(rms_budget) - 1
+        metrics["deq_nstep_budget"] = float(info["nstep"].mean())
         metrics["ddim_deq_rms_budget"] = rms_budget[-1]
         metrics["ddim_deq_maxabs_budget"] = max_budget[-1]
         metrics["fd_ddim"] = frechet_distance(_features(classifier, ddim), test_feats)
@@ -328,7 +346,8 @@ def evaluate(
                 unrolled = invert_unrolled(model, schedule, target, steps, start, **common)
                 through = invert_deq(
                     model, schedule, target, steps, start, deq=deq, param=param,
-                    solve_iters=inversion_solve_iters, **common,
+                    first_iters=inversion_first_iters, solve_iters=inversion_solve_iters,
+                    **common,
                 )  # fmt: skip
             for name, res in (("unrolled", unrolled), ("deq", through)):
                 metrics[f"inversion_psnr_{name}"] = res.psnr[-1]

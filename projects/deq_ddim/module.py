@@ -27,8 +27,9 @@ class DDIMModule(DEQLitModule):
     """Trains ``net`` (``eps_theta(x_t, t)``) to predict the noise of diffused images.
 
     Args:
-        net (nn.Module): The noise model, ``net(x_t, t) -> eps`` (a plain tensor: the DEQ lives
-            in the sampler, not in the net).
+        net (NoiseNet): The noise model under the net contract (``net(x_t, t)`` returns
+            ``([eps], None)``; the DEQ lives in the sampler, not in the net). The samplers
+            use ``net.unet``.
         optimizer (Callable[..., torch.optim.Optimizer]): A partial optimiser.
         scheduler (Callable[..., Any], optional): A partial scheduler; ``OneCycleLR`` gets its
             ``total_steps`` from the trainer. Default None.
@@ -39,7 +40,7 @@ class DDIMModule(DEQLitModule):
             (None: the test stage only measures the loss).
         deq (Mapping, optional): The ``deq`` node (solver, iterations, gradients) of the
             DEQ-DDIM sampler and inversion.
-        **kwargs: ``scheduler_interval`` and ``scheduler_monitor`` of
+        **kwargs: ``scheduler_interval``, ``scheduler_monitor`` and ``loss`` of
             :class:`~deqzoo.module.DEQLitModule`.
     """
 
@@ -67,7 +68,8 @@ class DDIMModule(DEQLitModule):
         kw = {"device": x0.device, "generator": generator}
         t = torch.randint(0, self.schedule.steps, (x0.shape[0],), **kw)
         noise = torch.randn(x0.shape, dtype=x0.dtype, **kw)
-        return F.mse_loss(self.net(self.schedule.diffuse(x0, t, noise), t), noise)
+        eps = self(self.schedule.diffuse(x0, t, noise), t)
+        return self.deq_loss(eps, lambda e: F.mse_loss(e, noise))
 
     def model_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
         x0, y = batch
@@ -92,7 +94,7 @@ class DDIMModule(DEQLitModule):
         self._test_images, self._test_labels = [], []
         train = self.trainer.datamodule.data["train"].tensors if self.trainer.datamodule else None
         metrics, self.results = evaluate(
-            self.net, self.schedule, images, labels, train, deq=self.deq_args, **self.evaluation
+            self.net.unet, self.schedule, images, labels, train, deq=self.deq_args, **self.evaluation
         )
         # computed once on the whole test set (every process gets the same numbers)
         self.log_dict({f"test/{k}": float(v) for k, v in metrics.items()}, sync_dist=False)

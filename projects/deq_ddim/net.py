@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["NoiseSchedule", "UNet", "timestep_embedding"]
+__all__ = ["NoiseNet", "NoiseSchedule", "UNet", "timestep_embedding"]
 
 
 class NoiseSchedule(nn.Module):
@@ -226,3 +226,36 @@ class UNet(nn.Module):
             if j < self.levels - 1:
                 h = self.upsample[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return self.out(self.head(h))
+
+
+class NoiseNet(nn.Module):
+    """The noise model under the zoo's net contract: ``net(x_t, t) -> ([eps], None)``.
+
+    The samplers and the inversion call :attr:`unet` (a plain ``eps_theta(x, t)``); this
+    wrapper is what the Lightning module trains through. The noise model has no equilibrium
+    of its own (the DEQ is the sampler's joint DDIM system), so there is no spectral radius or
+    Jacobian regulariser to give.
+
+    Args:
+        unet (UNet): The noise model.
+
+    Example:
+        >>> net = NoiseNet(UNet(channels=(8, 16), groups=4))
+        >>> out, info = net(torch.zeros(2, 1, 8, 8), torch.tensor([0, 999]))
+        >>> out[0].shape, info
+        (torch.Size([2, 1, 8, 8]), None)
+    """
+
+    def __init__(self, unet: UNet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(
+        self, x: Tensor, t: Tensor, sradius_mode: bool = False, jac_loss: bool = False
+    ) -> tuple[list[Tensor], None]:
+        if jac_loss:
+            raise ValueError(
+                "the noise model has no equilibrium to regularise (the DEQ is the sampler's "
+                "joint DDIM system): set loss.jac_loss_weight=0"
+            )
+        return [self.unet(x, t)], None
