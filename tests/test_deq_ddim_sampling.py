@@ -148,3 +148,28 @@ def test_bad_options_name_the_choices():
         DDIMSystem(lambda x, t: x, NoiseSchedule(10), 2, param="eps")
     with pytest.raises(ValueError, match="valid choices"):
         NoiseSchedule(10, "quadratic")
+
+
+def test_triangular_anderson_solves_a_block_triangular_system():
+    import projects.deq_ddim.solvers  # noqa: F401 (registers the solver)
+    from projects.deq_ddim.solvers import triangular_anderson
+
+    gen = torch.Generator().manual_seed(0)
+    T, D = 6, 5
+    # a strictly block-lower-triangular affine map with large gains, like the DDIM chain's
+    A = torch.randn(T * D, T * D, dtype=torch.float64, generator=gen)
+    mask = torch.kron(torch.tril(torch.ones(T, T), -1), torch.ones(D, D)).double()
+    A = 1.5 * A * mask / D**0.5
+    b = torch.randn(2, T * D, dtype=torch.float64, generator=gen)
+    exact = torch.linalg.solve(torch.eye(T * D, dtype=torch.float64) - A, b.T).T
+    z, _, info = triangular_anderson(lambda z: z @ A.T + b, torch.zeros_like(b), blocks=T,
+                                     m=T, lam=0.0, tol=1e-10, max_iter=40)  # fmt: skip
+    assert torch.allclose(z, exact, atol=1e-8)
+    assert info["nstep"].shape == (2,)
+    # selectable through get_deq, with the block count per call
+    layer = get_deq(f_solver="triangular_anderson", f_solver_kwargs={"m": T, "lam": 0.0})
+    (z2,), _ = layer.eval()(lambda z: z @ A.T + b, torch.zeros_like(b),
+                            solver_kwargs={"blocks": T, "f_tol": 1e-10, "f_max_iter": 40})
+    assert torch.allclose(z2, exact, atol=1e-8)
+    with pytest.raises(ValueError, match="equal blocks"):
+        triangular_anderson(lambda z: z, torch.zeros(1, 7), blocks=3)

@@ -370,7 +370,9 @@ def deq_sample(
         system (DDIMSystem): The joint system.
         x_T (Tensor): Starting noise (B, C, H, W).
         layer (nn.Module): A DEQ from :func:`torchdeq.get_deq` (its solver and options).
-        iters (int): Parallel iterations (batched model calls) after the initial state.
+        iters (int): Parallel iterations (batched model calls) after the initial state;
+            without ``reference`` and ``tol`` exactly that many calls give the returned state,
+            otherwise one more call measures the last state.
         z0 (Tensor, optional): Initial state (default :meth:`DDIMSystem.init`).
         tol (float): Stop a sample when its residual norm is below ``tol`` (0: run all).
         reference (Tensor, optional): Sequential DDIM's samples from the same ``x_T``; if
@@ -384,10 +386,16 @@ def deq_sample(
     record = _Recorder(system, x_T, reference)
     was_training = layer.training
     layer.eval()
+    if reference is None and tol <= 0:
+        # exactly `iters` calls: the state they produce, z_iters
+        opts = {"f_max_iter": iters, "f_tol": 0.0, "return_final": True}
+    else:
+        # one call more: its input is z_iters, whose error it records; the solver returns
+        # each sample's best iterate (the lowest residual) among z_0 .. z_iters
+        opts = {"f_max_iter": iters + 1, "f_tol": tol}
     try:
         with torch.no_grad():
-            # one call more than `iters`: its input is z_iters, whose error it records
-            states, info = layer(record, z0, solver_kwargs={"f_max_iter": iters + 1, "f_tol": tol})
+            states, info = layer(record, z0, solver_kwargs=opts)
     finally:
         layer.train(was_training)
     traces = {}
