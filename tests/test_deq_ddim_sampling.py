@@ -151,7 +151,6 @@ def test_bad_options_name_the_choices():
 
 
 def test_triangular_anderson_solves_a_block_triangular_system():
-    import projects.deq_ddim.solvers  # noqa: F401 (registers the solver)
     from projects.deq_ddim.solvers import triangular_anderson
 
     gen = torch.Generator().manual_seed(0)
@@ -166,8 +165,8 @@ def test_triangular_anderson_solves_a_block_triangular_system():
                                      m=T, lam=0.0, tol=1e-10, max_iter=40)  # fmt: skip
     assert torch.allclose(z, exact, atol=1e-8)
     assert info["nstep"].shape == (2,)
-    # selectable through get_deq, with the block count per call
-    layer = get_deq(f_solver="triangular_anderson", f_solver_kwargs={"m": T, "lam": 0.0})
+    # a DEQ takes it as its solver, with the block count per call
+    layer = get_deq(f_solver=triangular_anderson, f_solver_kwargs={"m": T, "lam": 0.0})
     (z2,), _ = layer.eval()(lambda z: z @ A.T + b, torch.zeros_like(b),
                             solver_kwargs={"blocks": T, "f_tol": 1e-10, "f_max_iter": 40})
     assert torch.allclose(z2, exact, atol=1e-8)

@@ -12,9 +12,10 @@ over the blocks' Gram matrices, so a step costs about what plain Anderson's does
 small solves per sample.
 
 :func:`triangular_anderson` runs through torchdeq's shared solver loop (stopping, best
-iterates, per-sample statistics) and is registered as torchdeq solver
-``'triangular_anderson'`` when this module is imported (``deq.f_solver=triangular_anderson``
-with ``f_solver_kwargs.blocks``, or ``blocks`` per call).
+iterates, per-sample statistics); torchdeq's DEQ takes it as a solver function
+(``get_deq(f_solver=triangular_anderson)``, with ``blocks`` per call). It is not registered
+under a name: registering at import would change the library's registry for everyone who
+imports the project.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from torchdeq.solver import register_solver
 from torchdeq.solver.loop import FlatMap, UpdateRule, solve
-from torchdeq.solver.options import check_int, check_real, strict_options
+from torchdeq.solver.options import strict_options
+from torchdeq.utils.checks import check_int, check_real
 from torchdeq.solver.stat import SolverStat
 
 __all__ = ["TriangularAndersonMixing", "triangular_anderson"]
@@ -131,5 +132,3 @@ def triangular_anderson(
         return_final=return_final,
     )
 
-
-register_solver("triangular_anderson", triangular_anderson)
