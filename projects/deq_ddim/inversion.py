@@ -178,24 +178,9 @@ def invert_unrolled(
     Returns:
         InversionResult: ``psnr[k]`` is the reconstruction after ``k`` steps.
     """
-    x_T = x_T.detach().clone().requires_grad_()
-    opt = optimizer([x_T], lr=lr)
-    result = InversionResult(x_T)
-    t0 = time.perf_counter()
-    for k in range(iters + 1):
-        with SavedBytes() as mem:
-            sample = ddim_sample(model, schedule, x_T, steps, clip)
-            loss = (sample - target).pow(2).mean()
-            if k < iters:
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-        result.peak_bytes = max(result.peak_bytes, mem.peak)
-        _history(result, float(loss.detach()), sample.detach(), target, t0)
-        if k < iters:
-            opt.step()
-    result.x_T = x_T.detach()
-    result.per_image_psnr = psnr(sample.detach(), target)
-    return result
+    return _descend(
+        lambda x, k: ddim_sample(model, schedule, x, steps, clip), target, x_T, iters, lr, optimizer
+    )
 
 
 def invert_deq(
@@ -247,27 +232,41 @@ def invert_deq(
     chunk = target.shape[0]
     system = DDIMSystem(model, schedule, steps, clip, param, chunk, checkpoint)
     system = system.to(target.device)
+    warm = {"z": system.init(x_T.detach())}
+    first = steps if first_iters is None else first_iters
+
+    def generate(x: Tensor, k: int) -> Tensor:
+        budget = first if k == 0 else solve_iters
+        kwargs = {} if budget is None else {"f_max_iter": budget}
+        states, _ = layer(lambda s: system(s, x), warm["z"], solver_kwargs=kwargs)
+        warm["z"] = states[-1].detach()  # the next step starts from this solution
+        return system.sample_of(states[-1], x)
+
+    return _descend(generate, target, x_T, iters, lr, optimizer)
+
+
+def _descend(
+    generate: Callable[[Tensor, int], Tensor],
+    target: Tensor,
+    x_T: Tensor,
+    iters: int,
+    lr: float,
+    optimizer: Callable[..., torch.optim.Optimizer],
+) -> InversionResult:
+    """Descends ``||generate(x_T, k) - target||^2`` in ``x_T``, recording every step."""
     x_T = x_T.detach().clone().requires_grad_()
     opt = optimizer([x_T], lr=lr)
     result = InversionResult(x_T)
-    z = system.init(x_T.detach())
     t0 = time.perf_counter()
-    first = steps if first_iters is None else first_iters
-    later = solve_iters
     for k in range(iters + 1):
-        budget = first if k == 0 else later
-        kwargs = {} if budget is None else {"f_max_iter": budget}
         with SavedBytes() as mem:
-            states, _ = layer(lambda s: system(s, x_T), z, solver_kwargs=kwargs)
-            z_star = states[-1]
-            sample = system.sample_of(z_star, x_T)
+            sample = generate(x_T, k)
             loss = (sample - target).pow(2).mean()
             if k < iters:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
         result.peak_bytes = max(result.peak_bytes, mem.peak)
         _history(result, float(loss.detach()), sample.detach(), target, t0)
-        z = z_star.detach()
         if k < iters:
             opt.step()
     result.x_T = x_T.detach()
