@@ -22,7 +22,7 @@ from torchdeq.dropout import reset_dropout
 from torchdeq.grad import backward_factory, check_solver_kwargs
 from torchdeq.loss import power_method
 from torchdeq.norm import reset_norm
-from torchdeq.solver import get_solver
+from torchdeq.solver import get_solver, is_backward_only
 from torchdeq.solver.stat import SolverStat
 from torchdeq.utils.checks import OptionError, Registry, check_choice, check_kwargs
 from torchdeq.utils.config import DEQConfig, get_attr
@@ -91,6 +91,11 @@ class DEQBase(nn.Module):
         if self.no_stat and self.f_solver_name == "fixed_point_iter":
             self.f_solver_name = "simple_fixed_point_iter"
         self.f_solver = get_solver(self.f_solver_name)
+        if is_backward_only(self.f_solver):
+            raise OptionError(
+                f"f_solver {self.f_solver_name!r} solves the linear backward system only; "
+                "use it as b_solver, and a fixed-point solver (e.g. 'anderson') as f_solver"
+            )
         get_solver(self.b_solver_name)
         self.f_max_iter = _count("f_max_iter", get_attr(args, "f_max_iter", f_max_iter))
         self.b_max_iter = _count("b_max_iter", get_attr(args, "b_max_iter", b_max_iter))
