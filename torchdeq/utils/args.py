@@ -56,7 +56,9 @@ def add_deq_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
 
     g = parser.add_argument_group("DEQ core and gradients")
-    g.add_argument("--core", type=str, default=_D.core, help="'sliced' or 'indexing'")
+    g.add_argument(
+        "--core", type=str, default=_D.core, help="'sliced', 'indexing' or 'reversible'"
+    )
     g.add_argument("--ift", action="store_true", help="implicit differentiation")
     g.add_argument("--hook_ift", action="store_true", help="IFT through a backward hook")
     g.add_argument(
@@ -92,6 +94,9 @@ def add_deq_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         nargs="+",
         default=_D.indexing,
         help="solver steps at which to sample states",
+    )
+    g.add_argument(
+        "--beta", type=float, default=_D.beta, help="relaxation of the reversible core"
     )
 
     g = parser.add_argument_group("DEQ regularisation")

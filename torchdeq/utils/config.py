@@ -69,6 +69,7 @@ class DEQConfig:
     sup_loc: list | None = None
     n_states: int = 1
     indexing: list | None = None
+    beta: float = 0.5  # relaxation of core='reversible'
     # regularisation and monitoring
     gamma: float = 0.8
     jac_loss_weight: float = 0.0
