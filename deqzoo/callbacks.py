@@ -38,7 +38,7 @@ class DEQReset(Callback):
     stay fixed across solver steps and are re-drawn per batch.
 
     Example:
-        >>> trainer = L.Trainer(callbacks=[DEQReset()])  # doctest: +SKIP
+        >>> trainer = L.Trainer(callbacks=[DEQReset()])
     """
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
@@ -72,7 +72,7 @@ class DEQStats(Callback):
             Default all three.
 
     Example:
-        >>> trainer = L.Trainer(callbacks=[DEQStats(stages=("val",))])  # doctest: +SKIP
+        >>> trainer = L.Trainer(callbacks=[DEQStats(stages=("val",))])
     """
 
     def __init__(self, stages: tuple[str, ...] | list[str] = _STAGES) -> None:
@@ -94,7 +94,7 @@ class DEQStats(Callback):
 
         Example:
             >>> info = {"nstep": torch.tensor([3, 5]), "abs_lowest": torch.tensor([0.1, 0.3])}
-            >>> {k: float(v) for k, (v, _) in DEQStats.summarise(info).items()}
+            >>> {k: round(float(v), 4) for k, (v, _) in DEQStats.summarise(info).items()}
             {'nstep': 4.0, 'nstep_max': 5.0, 'abs_residual': 0.2}
         """
         nstep = info.get("nstep")
@@ -148,7 +148,7 @@ class SpectralRadius(Callback):
             Default 4.
 
     Example:
-        >>> trainer = L.Trainer(callbacks=[SpectralRadius(max_batches=2)])  # doctest: +SKIP
+        >>> trainer = L.Trainer(callbacks=[SpectralRadius(max_batches=2)])
     """
 
     def __init__(self, every_n_epochs: int = 1, max_batches: int | None = 4) -> None:

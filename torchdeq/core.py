@@ -463,6 +463,7 @@ def get_deq(args: Any = None, **kwargs: Any) -> DEQBase:
 
     Example:
         >>> deq = get_deq(core='sliced', f_solver='anderson', f_max_iter=20)
+        >>> import argparse
         >>> deq = get_deq(argparse.Namespace(core='indexing', n_states=2))
     """
     core = kwargs.get("core", get_attr(args, "core", "sliced"))
@@ -476,6 +477,7 @@ def register_deq(deq_type: str, core: type) -> None:
     """Registers a DEQ class under ``deq_type`` for :func:`get_deq` (``core=deq_type``).
 
     Example:
+        >>> class CustomDEQ(DEQSliced): ...
         >>> register_deq('custom', CustomDEQ)
     """
     _CORES.register(deq_type, core)
@@ -485,6 +487,7 @@ def reset_deq(model: nn.Module) -> None:
     """Resets the normalisation and variational dropout masks in ``model`` (once per batch).
 
     Example:
+        >>> deq_layer = torch.nn.Linear(4, 4)
         >>> reset_deq(deq_layer)
     """
     reset_norm(model)
