@@ -9,7 +9,22 @@ import lightning as L
 import torch
 from torch import nn
 
-__all__ = ["DEQLitModule"]
+__all__ = ["DEQLitModule", "compile_cell"]
+
+
+def compile_cell(net: nn.Module) -> None:
+    """Compiles ``net.cell``, the equilibrium cell of a zoo net, in place with ``torch.compile``.
+
+    Raises:
+        ValueError: If ``net`` has no ``cell`` module.
+    """
+    cell = getattr(net, "cell", None)
+    if not isinstance(cell, nn.Module):
+        raise ValueError(
+            f"compile=true compiles the net's equilibrium cell, but {type(net).__name__} has no "
+            "`cell` module; expose the map the DEQ iterates as `self.cell`"
+        )
+    cell.compile()
 
 
 class DEQLitModule(L.LightningModule):
@@ -42,6 +57,11 @@ class DEQLitModule(L.LightningModule):
             Default ``'epoch'``.
         scheduler_monitor (str, optional): The metric a ``ReduceLROnPlateau`` scheduler watches.
             Default ``'val/loss'``.
+        compile (bool, optional): Compile the net's equilibrium cell ``net.cell`` in place with
+            ``torch.compile`` (``nn.Module.compile``: parameter names and checkpoints are
+            unchanged). The cell is what a DEQ calls dozens of times per batch; the solvers, both
+            IFT implementations, phantom gradients and the reversible core all work with it.
+            Default False.
 
     Example:
         >>> import functools, torch
@@ -69,6 +89,7 @@ class DEQLitModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         scheduler_monitor: str = "val/loss",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
@@ -80,6 +101,8 @@ class DEQLitModule(L.LightningModule):
         # from loading with torch.load(weights_only=True).
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
         self.net = net
+        if compile:
+            compile_cell(net)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.deq_info: Mapping[str, torch.Tensor] | None = None

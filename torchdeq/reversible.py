@@ -199,7 +199,7 @@ class ReversibleDEQ(DEQBase):
 
     Example:
         >>> lin = torch.nn.Linear(8, 8)
-        >>> deq = get_deq(core='reversible', beta=0.5, f_max_iter=6)
+        >>> deq = ReversibleDEQ(beta=0.5, f_max_iter=6)  # or get_deq(core='reversible', ...)
         >>> states, info = deq(lambda z: torch.tanh(0.5 * lin(z)), torch.zeros(4, 8))
         >>> states[0].requires_grad, info['nstep'].tolist()
         (True, [6.0, 6.0, 6.0, 6.0])
