@@ -34,8 +34,8 @@ SOLVERS = {
     "fixed_point_iter": ("fixed_point_iter", {}),
     "anderson": ("anderson", {}),
     "broyden": ("broyden", {}),
+    "gmres": ("gmres", {}),
     "gmres(20)": ("gmres", {"restart": 20}),
-    "gmres(60)": ("gmres", {"restart": 60}),
     "bicgstab": ("bicgstab", {}),
 }
 WORKLOADS = ("linear-0.5", "linear-0.9", "linear-0.99", "mdeq")
