@@ -150,3 +150,21 @@ def test_reversible_config_group_builds_the_core():
     cfg = compose_config(["project=toy", "grad=reversible", "deq.beta=0.7"])
     deq = hydra.utils.instantiate(cfg.model).net.deq
     assert isinstance(deq, ReversibleDEQ) and deq.beta == 0.7
+
+
+def test_reversible_gradient_reaches_normalised_weights():
+    from torchdeq import apply_norm, reset_norm
+
+    torch.manual_seed(2)
+    lin = torch.nn.Linear(6, 6).double()
+    apply_norm(lin, "weight_norm")
+    params = list(lin.parameters())
+    x = torch.randn(3, 6, dtype=DTYPE)
+    f = lambda z: torch.tanh(lin(z) + x)  # noqa: E731
+    reset_norm(lin)
+    z = get_deq(core="reversible", f_max_iter=4, f_tol=0.0)(f, torch.zeros(3, 6, dtype=DTYPE))
+    got = grads(z[0][-1].sum(), params)
+    reset_norm(lin)
+    expected = grads(unrolled(f, torch.zeros(3, 6, dtype=DTYPE), 0.5, 4).sum(), params)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)

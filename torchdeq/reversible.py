@@ -60,22 +60,28 @@ def _tensors(tree: Any):
 
 
 class _Inputs(TorchFunctionMode):
-    """Collects the tensors that require grad among the arguments of the torch calls made.
+    """Collects the tensors that require grad among the arguments of the torch calls made,
+    except those the calls themselves made: the differentiable tensors that ``f`` closes over
+    (parameters, injections, the weights a normalisation hook computes), in a stable order.
 
-    Run under ``no_grad``, nothing created inside requires grad, so these are exactly the
-    differentiable tensors that ``f`` closes over (parameters, injections), in a stable order.
+    It runs with grad enabled, so that modules which hand detached tensors to no-grad calls
+    (cached normalised weights) show the tensors a differentiable call would use.
     """
 
     def __init__(self):
         super().__init__()
         self.found: dict[int, Tensor] = {}
+        self.made: dict[int, Tensor] = {}  # kept alive, so their ids stay theirs
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         for t in _tensors((args, kwargs)):
-            if t.requires_grad:
+            if t.requires_grad and id(t) not in self.made:
                 self.found.setdefault(id(t), t)
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        for t in _tensors(out):
+            self.made[id(t)] = t
+        return out
 
 
 class _Run:
@@ -93,9 +99,10 @@ class _Run:
         with torch.no_grad():
             for n in range(steps):
                 if n == 0 and collect:
-                    with _Inputs() as mode:
-                        fz = f(z)
+                    with torch.enable_grad(), _Inputs() as mode:
+                        fz = f(z).detach()
                     inputs = list(mode.found.values())
+                    del mode
                 else:
                     fz = f(z)
                 flat = (fz - z).flatten(1)

@@ -87,17 +87,31 @@ class GMRESRule(UpdateRule):
 
     def start(self, fn: FlatMap, z0: Tensor, max_iter: int) -> None:
         super().start(fn, z0, max_iter)
-        batch, dim = z0.shape
         # the loop calls h once before the first step: max_iter - 1 Krylov vectors at most
-        size = max(1, max_iter - 1 if self.restart is None else min(self.restart, max_iter - 1))
-        self.size = size
+        cycle = max_iter - 1 if self.restart is None else min(self.restart, max_iter - 1)
+        self.size = max(1, cycle)
         self.op = _AffineOperator(fn)
-        self.basis = self.borrow((batch, size + 1, dim), z0)
-        self.hess = torch.zeros(batch, size + 1, size, dtype=z0.dtype, device=z0.device)
-        self.rhs = torch.zeros(batch, size + 1, 1, dtype=z0.dtype, device=z0.device)
+        self.like = z0
+        self._allocate(min(self.size, _FIRST_CAPACITY))
         self.j = 0
 
+    def _allocate(self, capacity: int) -> None:
+        """(Re)allocates the basis and Hessenberg matrix for ``capacity`` steps, keeping both."""
+        batch, dim = self.like.shape
+        like = {"dtype": self.like.dtype, "device": self.like.device}
+        basis = torch.empty(batch, capacity + 1, dim, **like)
+        hess = torch.zeros(batch, capacity + 1, capacity, **like)
+        rhs = torch.zeros(batch, capacity + 1, 1, **like)
+        if hasattr(self, "basis"):
+            old = self.capacity
+            basis[:, : old + 1] = self.basis
+            hess[:, : old + 1, :old] = self.hess
+            rhs[:, : old + 1] = self.rhs
+        self.basis, self.hess, self.rhs, self.capacity = basis, hess, rhs, capacity
+
     def step(self, k: int, z: Tensor, fz: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        if self.j == self.capacity:  # an unrestarted solve grows its basis as it goes
+            self._allocate(min(self.size, 2 * self.capacity))
         basis, hess = self.basis, self.hess
         if self.j == 0:
             self.op.reset(z, fz)
@@ -127,6 +141,10 @@ class GMRESRule(UpdateRule):
         if j == self.size:
             self.j = 0  # the next step restarts from y, with h(y) = hy
         return y, hy
+
+
+#: Krylov vectors allocated before a long cycle first grows its basis (then doubled as needed).
+_FIRST_CAPACITY = 32
 
 
 def _least_squares(h: Tensor, rhs: Tensor) -> Tensor:
