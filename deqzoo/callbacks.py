@@ -4,8 +4,8 @@
   each training batch (the weights changed at the last optimiser step), and recomputes the
   weights once before evaluating.
 * :class:`DEQStats` logs the solver statistics of each batch: ``stage/nstep``,
-  ``stage/nstep_max``, ``stage/abs_residual``, ``stage/rel_residual`` and, when the solver saw
-  them, ``stage/nonfinite``.
+  ``stage/nstep_max``, ``stage/abs_residual``, ``stage/rel_residual`` and, when the solver
+  reports them, ``stage/nonfinite`` and ``stage/converged`` (fractions of the samples).
 * :class:`SpectralRadius` has the DEQ estimate the spectral radius of its Jacobian at the fixed
   point during validation and logs ``val/sradius``.
 
@@ -105,8 +105,9 @@ class DEQStats(Callback):
         for key, name in (("abs_lowest", "abs_residual"), ("rel_lowest", "rel_residual")):
             if key in info:
                 out[name] = (torch.as_tensor(info[key]).detach().float().mean(), "mean")
-        if "nonfinite" in info:
-            out["nonfinite"] = (torch.as_tensor(info["nonfinite"]).detach().float().mean(), "mean")
+        for key in ("nonfinite", "converged"):  # fractions of the batch
+            if key in info:
+                out[key] = (torch.as_tensor(info[key]).detach().float().mean(), "mean")
         return out
 
     def _log(self, pl_module: L.LightningModule, stage: str) -> None:

@@ -27,7 +27,7 @@ extensions = [
     "myst_parser",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_generated"]
 html_theme = "furo"
 html_title = f"TorchDEQ {release}"
 
@@ -70,13 +70,64 @@ def write_zoo_pages() -> list[str]:
 ZOO_PROJECTS = write_zoo_pages()
 
 
+# -- The table of every option, from ``add_deq_args`` itself ---------------------------------
+GENERATED = DOCS / "_generated"
+
+
+def _cell(text: str) -> str:
+    return text.replace("\n", " ").replace("|", "\\|")
+
+
+def write_options_table() -> None:
+    """Writes ``_generated/deq_options.rst``: one row per option of ``add_deq_args``."""
+    import argparse
+
+    from torchdeq.utils import add_deq_args
+
+    parser = add_deq_args(argparse.ArgumentParser(add_help=False))
+    lines = []
+    for group in parser._action_groups:
+        actions = [a for a in group._group_actions if a.option_strings]
+        if not actions:
+            continue
+        lines += [
+            f".. list-table:: {group.title}",
+            "   :header-rows: 1",
+            "   :widths: 22 18 60",
+            "",
+            "   * - option",
+            "     - default",
+            "     - meaning",
+        ]
+        for action in actions:
+            meaning = action.help or ""
+            if action.choices:
+                meaning += f" (one of {', '.join(repr(c) for c in action.choices)})"
+            if action.nargs == "+":
+                meaning += " (one or more values)"
+            lines += [
+                f"   * - ``{action.dest}``",
+                f"     - ``{action.default!r}``",
+                f"     - {_cell(meaning.strip())}".rstrip(),
+            ]
+        lines.append("")
+    GENERATED.mkdir(exist_ok=True)
+    text = "\n".join(lines)
+    target = GENERATED / "deq_options.rst"
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+
+
+write_options_table()
+
+
 # -- Cross-references ------------------------------------------------------------------------
 # Every reference must resolve (nitpicky), except to the libraries we build on: this site is
 # built offline, so there is no intersphinx inventory of PyTorch or Python to link into.
 nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(torch|nn|collections\.abc|argparse|typing|numpy|os|pathlib)\..*"),
-    (r"py:.*", r"(lightning|omegaconf|hydra)\..*"),
+    (r"py:.*", r"(lightning|omegaconf|hydra|torchmetrics)\..*"),
 ]
 
 
@@ -117,6 +168,41 @@ def _resolve_short_names(app, env, node, contnode):
     return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode)
 
 
+def _readme_links():
+    """A post-transform that resolves the project READMEs' links to repository files.
+
+    MyST would report them as missing: the site holds no copies of the repository's files. A
+    link to another project's README goes to that project's page; a link to any other existing
+    file (a config, a module) keeps its text; a link to a missing file stays an error.
+    """
+    from docutils import nodes
+    from sphinx import addnodes
+    from sphinx.transforms.post_transforms import SphinxPostTransform
+
+    class ReadmeLinks(SphinxPostTransform):
+        default_priority = 5  # before MyST's reference resolver
+
+        def run(self, **kwargs) -> None:
+            for node in list(self.document.findall(addnodes.pending_xref)):
+                if node.get("reftype") != "myst" or node.get("refdomain"):
+                    continue
+                readme = Path(node.source or "")
+                if readme.name != "README.md" or not readme.is_relative_to(ROOT / "projects"):
+                    continue
+                target = (readme.parent / node["reftarget"].split("#")[0]).resolve()
+                if not target.is_relative_to(ROOT) or not target.exists():
+                    continue
+                text = nodes.inline("", "", *node[0].deepcopy().children)
+                if target.name == "README.md" and target.parent.name in ZOO_PROJECTS:
+                    page = f"zoo/projects/{target.parent.name}"
+                    uri = self.app.builder.get_relative_uri(node["refdoc"], page)
+                    text = nodes.reference("", "", text, internal=True, refuri=uri)
+                node.replace_self(text)
+
+    return ReadmeLinks
+
+
 def setup(app):
     app.connect("autodoc-process-bases", _public_bases)
     app.connect("missing-reference", _resolve_short_names)
+    app.add_post_transform(_readme_links())

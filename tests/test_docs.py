@@ -93,6 +93,7 @@ def test_docstring_examples_are_collected():
     assert {"torchdeq.solver.get_solver", "torchdeq.core.get_deq", "torchdeq.norm"} <= names
     assert any(n.startswith("deqzoo.") for n in names)
     assert len(DOCSTRING_TESTS) >= 90
+    assert DOCS / "options.rst" in PAGES_WITH_EXAMPLES
 
 
 @pytest.mark.usefixtures("restored_registries")
@@ -101,9 +102,15 @@ def test_docstring_example(test: doctest.DocTest):
     _run(test)
 
 
+PAGES_WITH_EXAMPLES = [p for p in sorted(DOCS.glob("*.rst")) if ">>>" in p.read_text()]
+
+
 @pytest.mark.usefixtures("restored_registries")
-@pytest.mark.parametrize("page", sorted(DOCS.glob("*.rst")), ids=lambda p: p.name)
-def test_page_examples(page: Path):
+@pytest.mark.parametrize("page", PAGES_WITH_EXAMPLES, ids=lambda p: p.name)
+def test_page_examples(page: Path, monkeypatch):
+    from torchdeq.utils import checks
+
+    monkeypatch.setattr(checks, "_warned", set())  # the pages show the first warning
     text = page.read_text()
     test = doctest.DocTestParser().get_doctest(text, {"torch": torch}, page.name, str(page), 0)
     _run(test)
@@ -159,6 +166,10 @@ def test_zoo_has_a_page_per_project_readme():
     assert pages == readmes
 
 
+def _exports(module: str) -> list[str]:
+    return list(getattr(importlib.import_module(module), "__all__", ()))
+
+
 def _public_names() -> set[str]:
     names = set()
     packages = ("core", "dropout", "loss", "norm", "solver", "utils")
@@ -185,5 +196,8 @@ def test_docs_build_without_warnings(tmp_path):
         for name in entries
     }
     assert not sorted(_public_names() - documented)
+    # every framework module with a public surface has its section
+    framework = {m for m in _modules() if m.startswith("deqzoo") and _exports(m)}
+    assert not sorted(framework - set(inventory["py:module"]))
     for readme in (ROOT / "projects").glob("*/README.md"):
         assert (out / "zoo" / "projects" / f"{readme.parent.name}.html").is_file()

@@ -65,7 +65,7 @@ def add_deq_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--grad",
         type=int,
         nargs="+",
-        default=_D.grad,
+        default=[_D.grad],
         help="phantom gradient steps (one value, or one per sampled state)",
     )
     g.add_argument("--tau", type=float, default=_D.tau, help="phantom gradient damping")
@@ -79,7 +79,7 @@ def add_deq_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--sup_loc",
         type=int,
         nargs="+",
-        default=_D.sup_loc,
+        default=[],
         help="phantom-gradient steps to supervise",
     )
     g.add_argument(
@@ -92,7 +92,7 @@ def add_deq_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--indexing",
         type=int,
         nargs="+",
-        default=_D.indexing,
+        default=[],
         help="solver steps at which to sample states",
     )
     g.add_argument(
