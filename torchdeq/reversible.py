@@ -34,7 +34,7 @@ from torchdeq.core import DEQBase, register_deq
 from torchdeq.solver.loop import REL_EPS
 from torchdeq.solver.stat import SolverStat
 from torchdeq.utils.checks import OptionError
-from torchdeq.utils.config import get_attr
+from torchdeq.utils.config import check_option, get_attr
 
 __all__ = ["ReversibleDEQ"]
 
@@ -218,11 +218,12 @@ class ReversibleDEQ(DEQBase):
 
     def __init__(self, args: Any = None, beta: float = 0.5, **kwargs: Any):
         super().__init__(args, **kwargs)
-        beta = get_attr(args, "beta", beta)
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < 2:
-            raise OptionError(f"beta must lie in (0, 2), got {beta!r}")
-        if beta == 1:
-            raise OptionError("beta=1 makes the reversible step non-invertible; use (0, 1) or (1, 2)")
+        beta = check_option("beta", get_attr(args, "beta", beta), type(self).__name__)
+        if beta == 2 or beta == 1:
+            raise OptionError(
+                f"beta={beta!r}: the reversible step needs beta in (0, 1) or (1, 2) (it divides "
+                "by 1 - beta, and beta=2 does not converge)"
+            )
         self.beta = float(beta)
         for key, allowed in _UNUSED.items():
             value = get_attr(args, key, kwargs.get(key, allowed[0]))

@@ -36,8 +36,9 @@ import torch
 from torch import Tensor
 
 from torchdeq.solver.loop import FlatMap, UpdateRule, solve
-from torchdeq.solver.options import check_int, strict_options
+from torchdeq.solver.options import strict_options
 from torchdeq.solver.stat import SolverStat
+from torchdeq.utils.checks import check_int
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:

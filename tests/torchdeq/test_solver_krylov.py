@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -129,14 +127,3 @@ def test_krylov_options_are_checked():
     with pytest.raises(OptionError, match="'m'"):
         backward_factory("ift", b_solver="gmres", b_solver_kwargs=dict(m=3))
     assert not is_backward_only("anderson")
-
-
-def test_krylov_backward_reaches_the_config_groups(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import hydra
-    from framework_toy import compose_config
-
-    deq = hydra.utils.instantiate(compose_config(["project=toy", "grad=ift_gmres"]).model).net.deq
-    assert (deq.ift, deq.b_solver_name, deq.b_solver_kwargs) == (True, "gmres", {"restart": None})
-    cfg = compose_config(["project=toy", "grad=ift", "deq.b_solver=bicgstab"])
-    assert hydra.utils.instantiate(cfg.model).net.deq.b_solver_name == "bicgstab"

@@ -3,21 +3,16 @@
 The default run compiles with the ``aot_eager`` backend: TorchDynamo's tracing and AOTAutograd's
 joint forward-backward graphs (the parts that interact with the solvers and gradient code)
 without Inductor's C++ code generation, which takes tens of seconds on a CPU. The ``slow``
-tests use Inductor and the zoo's ``model.compile=true``.
+test uses Inductor (the zoo's ``model.compile=true``: tests/deqzoo/test_compile.py).
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from torchdeq import get_deq
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 class Cell(nn.Module):
@@ -73,27 +68,3 @@ def test_compiled_cell_matches_eager(options):
 def test_inductor_compiled_cell_matches_eager(options):
     compiled = COMPILED.setdefault("inductor", torch.compile(CELL))
     assert_same(compiled, options)
-
-
-def test_zoo_compile_option_compiles_the_cell():
-    import hydra
-    from framework_toy import compose_config
-
-    from deqzoo.module import compile_cell
-
-    model = hydra.utils.instantiate(compose_config(["project=toy", "model.compile=true"]).model)
-    assert model.net.cell._compiled_call_impl is not None
-    plain = hydra.utils.instantiate(compose_config(["project=toy"]).model)
-    assert plain.net.cell._compiled_call_impl is None
-    assert list(model.state_dict()) == list(plain.state_dict())
-    with pytest.raises(ValueError, match="no `cell` module"):
-        compile_cell(nn.Linear(2, 2))
-
-
-@pytest.mark.slow
-def test_zoo_fast_dev_run_with_a_compiled_cell(tmp_path):
-    from framework_toy import compose_config
-
-    from deqzoo.train import train
-
-    train(compose_config(["project=toy", "debug=fdr", "model.compile=true"], tmp_path))
