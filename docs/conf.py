@@ -168,6 +168,41 @@ def _resolve_short_names(app, env, node, contnode):
     return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode)
 
 
+def _readme_links():
+    """A post-transform that resolves the project READMEs' links to repository files.
+
+    MyST would report them as missing: the site holds no copies of the repository's files. A
+    link to another project's README goes to that project's page; a link to any other existing
+    file (a config, a module) keeps its text; a link to a missing file stays an error.
+    """
+    from docutils import nodes
+    from sphinx import addnodes
+    from sphinx.transforms.post_transforms import SphinxPostTransform
+
+    class ReadmeLinks(SphinxPostTransform):
+        default_priority = 5  # before MyST's reference resolver
+
+        def run(self, **kwargs) -> None:
+            for node in list(self.document.findall(addnodes.pending_xref)):
+                if node.get("reftype") != "myst" or node.get("refdomain"):
+                    continue
+                readme = Path(node.source or "")
+                if readme.name != "README.md" or not readme.is_relative_to(ROOT / "projects"):
+                    continue
+                target = (readme.parent / node["reftarget"].split("#")[0]).resolve()
+                if not target.is_relative_to(ROOT) or not target.exists():
+                    continue
+                text = nodes.inline("", "", *node[0].deepcopy().children)
+                if target.name == "README.md" and target.parent.name in ZOO_PROJECTS:
+                    page = f"zoo/projects/{target.parent.name}"
+                    uri = self.app.builder.get_relative_uri(node["refdoc"], page)
+                    text = nodes.reference("", "", text, internal=True, refuri=uri)
+                node.replace_self(text)
+
+    return ReadmeLinks
+
+
 def setup(app):
     app.connect("autodoc-process-bases", _public_bases)
     app.connect("missing-reference", _resolve_short_names)
+    app.add_post_transform(_readme_links())

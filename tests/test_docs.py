@@ -107,7 +107,10 @@ PAGES_WITH_EXAMPLES = [p for p in sorted(DOCS.glob("*.rst")) if ">>>" in p.read_
 
 @pytest.mark.usefixtures("restored_registries")
 @pytest.mark.parametrize("page", PAGES_WITH_EXAMPLES, ids=lambda p: p.name)
-def test_page_examples(page: Path):
+def test_page_examples(page: Path, monkeypatch):
+    from torchdeq.utils import checks
+
+    monkeypatch.setattr(checks, "_warned", set())  # the pages show the first warning
     text = page.read_text()
     test = doctest.DocTestParser().get_doctest(text, {"torch": torch}, page.name, str(page), 0)
     _run(test)
