@@ -14,7 +14,6 @@ from torchmetrics import Metric
 
 from deqzoo.module import DEQLitModule
 from projects.deq_lm.net import count_parameters
-from torchdeq import fp_correction
 
 __all__ = ["CorpusPerplexity", "LMModule"]
 
@@ -56,10 +55,11 @@ class LMModule(DEQLitModule):
 
     The memory (the previous segment's detached states) is kept per stage and cleared when a
     batch has ``reset=True`` (the first segment of every pass over a split). The training loss
-    is the mean token NLL of each state the net returns, combined by fixed-point correction
-    (``gamma ** (n - 1 - k)`` weights; one state: the plain mean NLL); with a Jacobian
-    regularisation weight it adds ``jac_loss_weight * info['jac_loss']`` on a fraction
-    ``jac_loss_freq`` of the steps. Logged: ``train/loss``, ``train/ppl`` (of the batch),
+    is the mean token NLL of each state the net returns, combined by the base's fixed-point
+    correction (the ``loss:`` node: ``gamma ** (n - 1 - k)`` weights; one state: the plain mean
+    NLL); the base adds the Jacobian regulariser (``loss.jac_loss_weight``,
+    ``loss.jac_loss_freq``) from the net's ``info['jac_loss']``. Logged: ``train/loss``,
+    ``train/ppl`` (of the batch),
     ``train/tokens_per_s`` (wall clock from one step's end to the next), ``val/ppl`` and
     ``test/ppl`` (corpus perplexity of the split), ``val/loss``, ``test/loss`` (mean NLL)
     and, for evaluation, ``stage/tokens_per_s``; the DEQ statistics come from deqzoo's
@@ -72,10 +72,8 @@ class LMModule(DEQLitModule):
         net (nn.Module): The language model.
         optimizer (Callable[..., torch.optim.Optimizer]): A partial optimiser.
         scheduler (Callable[..., Any], optional): A partial scheduler.
-        gamma (float): Fixed-point correction decay. Default 0.8.
-        jac_loss_weight (float): Weight of the Jacobian regulariser. Default 0.
-        jac_loss_freq (float): Fraction of training steps that compute it. Default 0.
-        **kwargs: ``scheduler_interval``, ``scheduler_monitor`` of :class:`DEQLitModule`.
+        **kwargs: ``scheduler_interval``, ``scheduler_monitor`` and ``loss`` of
+            :class:`DEQLitModule`.
     """
 
     def __init__(
@@ -83,20 +81,11 @@ class LMModule(DEQLitModule):
         net: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
-        gamma: float = 0.8,
-        jac_loss_weight: float = 0.0,
-        jac_loss_freq: float = 0.0,
         **kwargs: Any,
     ):
         super().__init__(net, optimizer, scheduler, **kwargs)
-        if jac_loss_weight < 0 or not 0 <= jac_loss_freq <= 1:
-            raise ValueError(
-                f"jac_loss_weight must be >= 0 and jac_loss_freq in [0, 1], got "
-                f"{jac_loss_weight}, {jac_loss_freq}"
-            )
-        if jac_loss_weight > 0 and getattr(net, "mode", "deq") != "deq":
+        if self.loss_options.uses_jacobian and getattr(net, "mode", "deq") != "deq":
             raise ValueError("the Jacobian regulariser needs a DEQ (model.net.mode=deq)")
-        self.gamma, self.jac_loss_weight, self.jac_loss_freq = gamma, jac_loss_weight, jac_loss_freq
         self.ppl = nn.ModuleDict({s: CorpusPerplexity() for s in ("val", "test")})
         self._mems: dict[str, list[Tensor] | None] = {}
         self._clock: dict[str, float] = {}
@@ -109,27 +98,13 @@ class LMModule(DEQLitModule):
     def model_step(self, batch: dict, stage: str) -> dict[str, Tensor]:
         if batch["reset"]:
             self._mems[stage] = None
-        jac = (
-            stage == "train"
-            and self.jac_loss_weight > 0
-            and float(torch.rand(())) < self.jac_loss_freq
-        )
-        out = self(
-            batch["input"], mems=self._mems.get(stage), **({"jac_loss": True} if jac else {})
-        )
+        out = self(batch["input"], mems=self._mems.get(stage))
         self._mems[stage] = out.mems
         target = batch["target"]
         nlls = [self.net.nll(h, target) for h in out.states]
-        if len(nlls) == 1:
-            loss = nlls[0].mean()
-        else:
-            loss = fp_correction(lambda nll, _: nll.mean(), (nlls, target), gamma=self.gamma)
+        loss = self.deq_loss(nlls, lambda nll: nll.mean())
         metrics = {"loss": loss}
         if stage == "train":
-            if jac:
-                jac_loss = self.deq_info["jac_loss"]
-                metrics["loss"] = loss + self.jac_loss_weight * jac_loss
-                metrics["jac_loss"] = jac_loss
             metrics["ppl"] = torch.exp(nlls[-1].detach().mean())
         else:
             self.ppl[stage].update(nlls[-1])
