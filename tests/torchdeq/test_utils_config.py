@@ -16,7 +16,7 @@ from torchdeq.utils.args import command_line_default
 from torchdeq.utils.checks import OptionError
 from torchdeq.utils.config import DEQConfig, check_option
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 DEFAULTS = DEQConfig.defaults()
 
 
