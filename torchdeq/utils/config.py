@@ -87,9 +87,9 @@ _NORM = "DEQ normalisation"
 class DEQConfig:
     """All options of TorchDEQ with their documented defaults (see :func:`add_deq_args`).
 
-    Each field carries an :class:`~torchdeq.utils.config.OptionSpec` (``DEQConfig.spec(name)``): its type, valid
-    range or choices and help. Unknown keys are rejected at construction. The object can be
-    passed as ``args`` anywhere.
+    Each field carries an :class:`~torchdeq.utils.config.OptionSpec`
+    (``DEQConfig.spec(name)``): its type, valid range or choices and help. Unknown keys are
+    rejected at construction. The object can be passed as ``args`` anywhere.
 
     Example:
         >>> cfg = DEQConfig(f_solver='anderson', f_max_iter=30)
