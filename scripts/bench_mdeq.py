@@ -7,8 +7,9 @@ and times, on random images of the configured batch sizes:
 - stem, cell, head: forward + backward of each part alone (the cell: one call with gradients);
 - eval: a forward pass of one evaluation batch in ``eval()`` mode.
 
-Times are the lowest of ``--rounds`` medians, in wall and process-CPU milliseconds. On a shared
-machine the CPU time is the steadier number (it does not count waiting for a core). The default
+Times come from the shared harness (``scripts/timing.py``): the lowest of ``--rounds`` medians,
+in wall and process-CPU milliseconds. On a shared machine the CPU time is the steadier number
+(it does not count waiting for a core). The default
 sizes are Fashion-MNIST's (1x28x28); ``--image 3 32 32`` gives CIFAR-10's.
 
 Usage:
@@ -19,35 +20,17 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import hydra
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from timing import measure
 
 from torchdeq import reset_norm
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _timed(fn: Callable[[], object], reps: int, rounds: int) -> tuple[float, float]:
-    """Lowest per-round median of wall and CPU time of ``fn``, in milliseconds."""
-    fn()  # warm-up: allocator, oneDNN kernels
-    best_wall, best_cpu = float("inf"), float("inf")
-    for _ in range(rounds):
-        walls, cpus = [], []
-        for _ in range(reps):
-            w, c = time.perf_counter(), time.process_time()
-            fn()
-            walls.append(time.perf_counter() - w)
-            cpus.append(time.process_time() - c)
-        best_wall = min(best_wall, statistics.median(walls) * 1e3)
-        best_cpu = min(best_cpu, statistics.median(cpus) * 1e3)
-    return best_wall, best_cpu
 
 
 def main() -> None:
@@ -103,11 +86,13 @@ def main() -> None:
     )
     net.train()
     for name, fn in parts.items():
-        wall, cpu = _timed(fn, args.reps, args.rounds)
-        print(f"{name:>6}: wall {wall:8.1f} ms   cpu {cpu:8.1f} ms")
+        t = measure(fn, args.reps, args.rounds)
+        print(f"{name:>6}: wall {t.wall_ms:8.1f} ms   cpu {t.cpu_ms:8.1f} ms")
     net.eval()
-    wall, cpu = _timed(evaluate, args.reps, args.rounds)
-    print(f"{'eval':>6}: wall {wall:8.1f} ms   cpu {cpu:8.1f} ms  (one batch of {B_eval})")
+    t = measure(evaluate, args.reps, args.rounds)
+    print(
+        f"{'eval':>6}: wall {t.wall_ms:8.1f} ms   cpu {t.cpu_ms:8.1f} ms  (one batch of {B_eval})"
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from torchdeq.utils.checks import OptionError
-from torchdeq.utils.config import get_attr, has_attr
+from torchdeq.utils.config import check_option, get_attr, has_attr
 
 # Option name -> (key in ``deq_args``, conversion). ``deq_args`` wins over keyword arguments.
 _ARG_KEYS = {
@@ -214,7 +214,7 @@ class BaseNorm:
     ) -> BaseNorm:
         for option, (key, convert) in _ARG_KEYS.items():
             if option in options and has_attr(deq_args, key):
-                options[option] = convert(get_attr(deq_args, key))
+                options[option] = convert(check_option(key, get_attr(deq_args, key), "apply_norm"))
         names, dims = pair_names_dims(names, dims)
         for i, name in enumerate(names):
             param = module._parameters.get(name)

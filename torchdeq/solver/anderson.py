@@ -10,8 +10,9 @@ from torch import Tensor
 
 from torchdeq.solver import small
 from torchdeq.solver.loop import FlatMap, UpdateRule, solve
-from torchdeq.solver.options import check_int, check_real, strict_options
+from torchdeq.solver.options import strict_options
 from torchdeq.solver.stat import SolverStat
+from torchdeq.utils.checks import check_int, check_real
 
 # keeps the mixing system solvable when every stored residual is exactly zero
 _REG_FLOOR = 1e-30

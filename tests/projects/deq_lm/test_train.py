@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import hydra
 import pytest
 import torch
+from framework_toy import compose_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from framework_toy import compose_config  # noqa: E402
-
-from deqzoo.train import train  # noqa: E402
-from projects.deq_lm.generate import generate  # noqa: E402
+from deqzoo.train import train
+from projects.deq_lm.generate import generate
 
 TINY = [
     "data=lm_tiny",

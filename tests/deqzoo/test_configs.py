@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 import pytest
 import torch
+from framework_toy import CONF_DIR, compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from framework_toy import CONF_DIR, compose_config  # noqa: E402
-
-from deqzoo import ROOT  # noqa: E402
-from deqzoo.instantiate import instantiate_named  # noqa: E402
-from torchdeq.utils.config import DEQConfig  # noqa: E402
+from deqzoo import ROOT
+from deqzoo.instantiate import instantiate_named
+from torchdeq.utils.config import DEQConfig
 
 CONF = ROOT / "conf"
 GROUPS = ("solver", "grad", "norm", "dropout", "trainer", "logger", "callbacks", "debug")
