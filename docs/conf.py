@@ -41,6 +41,8 @@ autodoc_default_options = {"show-inheritance": True}
 autodoc_inherit_docstrings = False
 
 myst_heading_anchors = 3
+# The READMEs are written for GitHub, where skipping a heading level (## to ####) is harmless.
+suppress_warnings = ["myst.header"]
 myst_enable_extensions = ["dollarmath"]
 
 # -- The zoo: one page per ``projects/<name>/README.md`` ------------------------------------
