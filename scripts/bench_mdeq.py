@@ -15,6 +15,7 @@ sizes are Fashion-MNIST's (1x28x28); ``--image 3 32 32`` gives CIFAR-10's.
 Usage:
     python scripts/bench_mdeq.py --threads 1
     python scripts/bench_mdeq.py --threads 2 model.net.channels=[32,64,128] deq.f_max_iter=4
+    python scripts/bench_mdeq.py --threads 1 --compile    # the cell under torch.compile
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def main() -> None:
     parser.add_argument("--image", type=int, nargs=3, default=(1, 28, 28), metavar=("C", "H", "W"))
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the cell (as model.compile=true)"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. deq.f_max_iter=4")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -47,6 +51,10 @@ def main() -> None:
         cfg = compose("train", overrides=["project=mdeq", *args.overrides])
     torch.manual_seed(0)
     net = hydra.utils.instantiate(cfg.model.net)
+    if args.compile:
+        from deqzoo.module import compile_cell
+
+        compile_cell(net)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     B, B_eval = cfg.data.batch_size, cfg.data.eval_batch_size or cfg.data.batch_size
     x = torch.randn(B, *args.image)
@@ -82,6 +90,7 @@ def main() -> None:
     }
     print(
         f"threads={args.threads} batch={B} eval_batch={B_eval} image={tuple(args.image)} "
+        f"compile={args.compile} "
         f"deq: {net.deq.extra_repr()}"
     )
     net.train()

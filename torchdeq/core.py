@@ -21,7 +21,7 @@ from torchdeq.dropout import reset_dropout
 from torchdeq.grad import backward_factory, check_solver_kwargs
 from torchdeq.loss import power_method
 from torchdeq.norm import reset_norm
-from torchdeq.solver import resolve_solver, solver_name
+from torchdeq.solver import is_backward_only, resolve_solver, solver_name
 from torchdeq.solver.stat import SRADIUS_NOT_COMPUTED, SolverStat
 from torchdeq.utils.checks import OptionError, Registry, check_kwargs
 from torchdeq.utils.config import DEQConfig, check_option, get_attr
@@ -95,6 +95,11 @@ class DEQBase(nn.Module):
         self.b_solver = resolve_solver(get_attr(args, "b_solver", b_solver))
         self.f_solver_name = solver_name(f_solver)
         self.b_solver_name = solver_name(get_attr(args, "b_solver", b_solver))
+        if is_backward_only(self.f_solver):
+            raise OptionError(
+                f"f_solver {self.f_solver_name!r} solves the linear backward system only; "
+                "use it as b_solver, and a fixed-point solver (e.g. 'anderson') as f_solver"
+            )
         self.f_max_iter = option("f_max_iter", f_max_iter)
         self.b_max_iter = option("b_max_iter", b_max_iter)
         self.f_tol = option("f_tol", f_tol)

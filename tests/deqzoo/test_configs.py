@@ -91,7 +91,9 @@ def test_configs_command_line_solver_beats_project_choice():
     assert compose_config(["project=toy_broyden"]).deq.f_solver == "broyden"
     cfg = compose_config(["project=toy_broyden", "solver=anderson"])
     assert (cfg.deq.f_solver, cfg.deq.b_solver) == ("anderson", "anderson")
-    assert dict(cfg.deq.f_solver_kwargs) == {"m": 6, "lam": 1e-4, "tau": 1.0}
+    assert dict(cfg.deq.f_solver_kwargs) == {
+        "m": 6, "lam": 1e-4, "tau": 1.0, "safeguard": False, "max_weight": 1e4
+    }
 
 
 def test_configs_deq_node_holds_the_library_defaults():

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from torchdeq.core import DEQBase, DEQIndexing, DEQSliced
 from torchdeq.grad import backward_factory
+from torchdeq.reversible import ReversibleDEQ
 from torchdeq.norm.spectral_norm import SpectralNorm
 from torchdeq.norm.weight_norm import WeightNorm
 from torchdeq.utils import add_deq_args
@@ -43,7 +44,9 @@ def test_config_core_signatures_are_the_config_defaults():
         sampled = signature_defaults(cls.__init__)
         assert sampled == {k: DEFAULTS[k] for k in sampled if k != "args"} | {"args": None}
     assert base == {k: DEFAULTS[k] for k in base if k != "args"} | {"args": None}
-    covered = set(base) | set(signature_defaults(DEQSliced.__init__))
+    reversible = signature_defaults(ReversibleDEQ.__init__)
+    assert reversible["beta"] == DEFAULTS["beta"]
+    covered = set(base) | set(signature_defaults(DEQSliced.__init__)) | set(reversible)
     assert {
         k for k in DEFAULTS if DEQConfig.spec(k).group in ("DEQ solvers", "DEQ core and gradients")
     } - covered == {"core"}

@@ -282,6 +282,9 @@ class BaseNorm:
     def _weights(self, module: nn.Module) -> list[torch.Tensor]:
         return [self._weight(module, n, d) for n, d in zip(self.names, self.dims)]
 
+    # Eager under torch.compile: the cache check reads tensor versions and pointers, which
+    # TorchDynamo would otherwise recompile for every normalised module of a compiled cell.
+    @torch.compiler.disable
     def __call__(self, module: nn.Module, inputs: Any) -> None:
         # Runs at every call of the module: read the dicts, not nn.Module.__getattr__.
         params, buffers = module._parameters, module._buffers

@@ -7,7 +7,15 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from torchdeq.utils.checks import check_kwargs
+# The value validators live in torchdeq.utils.checks; solver code also finds them here.
+from torchdeq.utils.checks import (  # noqa: F401
+    STOP_MODES,
+    check_indexing,
+    check_int,
+    check_kwargs,
+    check_real,
+    check_stop_mode,
+)
 
 _POS_ONLY = inspect.Parameter.POSITIONAL_ONLY
 _POS_OR_KW = inspect.Parameter.POSITIONAL_OR_KEYWORD

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import operator
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -111,8 +112,25 @@ def report_unknown(where: str, names: Iterable[str], valid: Iterable[str]) -> No
             f"{where} ignores unknown option {name!r}; valid options: {valid} "
             f"(torchdeq.utils.strict(True) or {_STRICT_ENV}=1 makes this an error)",
             OptionWarning,
-            stacklevel=3,
+            stacklevel=_caller_level(),
         )
+
+
+def _library_dirs() -> tuple[str, ...]:
+    dirs = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    torch = sys.modules.get("torch")  # nn.Module.__call__ sits between user code and forward
+    if torch is not None and getattr(torch, "__file__", None):
+        dirs.append(os.path.dirname(os.path.abspath(torch.__file__)))
+    return tuple(d + os.sep for d in dirs)
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside torchdeq and torch: the user's call."""
+    skip = _library_dirs()
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _fmt(choices: Iterable[Any]) -> str:

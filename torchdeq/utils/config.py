@@ -87,9 +87,9 @@ _NORM = "DEQ normalisation"
 class DEQConfig:
     """All options of TorchDEQ with their documented defaults (see :func:`add_deq_args`).
 
-    Each field carries an :class:`~torchdeq.utils.config.OptionSpec` (``DEQConfig.spec(name)``): its type, valid
-    range or choices and help. Unknown keys are rejected at construction. The object can be
-    passed as ``args`` anywhere.
+    Each field carries an :class:`~torchdeq.utils.config.OptionSpec`
+    (``DEQConfig.spec(name)``): its type, valid range or choices and help. Unknown keys are
+    rejected at construction. The object can be passed as ``args`` anywhere.
 
     Example:
         >>> cfg = DEQConfig(f_solver='anderson', f_max_iter=30)
@@ -129,7 +129,9 @@ class DEQConfig:
         None, _SOLVERS, "dict", "forward solver options, e.g. dict(m=5, lam=1e-4) for Anderson"
     )
     b_solver_kwargs: dict | None = _option(None, _SOLVERS, "dict", "backward solver options")
-    core: str = _option("sliced", _CORE, "name", "DEQ core: 'sliced' or 'indexing'")
+    core: str = _option(
+        "sliced", _CORE, "name", "DEQ core: 'sliced', 'indexing' or 'reversible'"
+    )
     ift: bool = _option(False, _CORE, "flag", "implicit differentiation (autograd.Function)")
     hook_ift: bool = _option(False, _CORE, "flag", "implicit differentiation via a backward hook")
     grad: Any = _option(
@@ -145,6 +147,10 @@ class DEQConfig:
     n_states: int = _option(1, _CORE, "int", "number of uniformly sampled states", low=1)
     indexing: list | None = _option(
         None, _CORE, "ints", "solver steps at which to sample states (overrides n_states)", low=1
+    )
+    beta: float = _option(
+        0.5, _CORE, "float", "relaxation of core='reversible' (in (0, 2), not 1)", low=0,
+        strict=True, high=2,
     )
     gamma: float = _option(0.8, _REG, "float", "fixed-point correction decay", low=0)
     jac_loss_weight: float = _option(
