@@ -4,8 +4,8 @@
   each training batch (the weights changed at the last optimiser step), and recomputes the
   weights once before evaluating.
 * :class:`DEQStats` logs the solver statistics of each batch: ``stage/nstep``,
-  ``stage/nstep_max``, ``stage/abs_residual``, ``stage/rel_residual`` and, when the solver saw
-  them, ``stage/nonfinite``.
+  ``stage/nstep_max``, ``stage/abs_residual``, ``stage/rel_residual`` and, when the solver
+  reports them, ``stage/nonfinite`` and ``stage/converged`` (fractions of the samples).
 * :class:`SpectralRadius` has the DEQ estimate the spectral radius of its Jacobian at the fixed
   point during validation and logs ``val/sradius``.
 
@@ -38,7 +38,7 @@ class DEQReset(Callback):
     stay fixed across solver steps and are re-drawn per batch.
 
     Example:
-        >>> trainer = L.Trainer(callbacks=[DEQReset()])  # doctest: +SKIP
+        >>> trainer = L.Trainer(callbacks=[DEQReset()])
     """
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
@@ -72,7 +72,7 @@ class DEQStats(Callback):
             Default all three.
 
     Example:
-        >>> trainer = L.Trainer(callbacks=[DEQStats(stages=("val",))])  # doctest: +SKIP
+        >>> trainer = L.Trainer(callbacks=[DEQStats(stages=("val",))])
     """
 
     def __init__(self, stages: tuple[str, ...] | list[str] = _STAGES) -> None:
@@ -94,7 +94,7 @@ class DEQStats(Callback):
 
         Example:
             >>> info = {"nstep": torch.tensor([3, 5]), "abs_lowest": torch.tensor([0.1, 0.3])}
-            >>> {k: float(v) for k, (v, _) in DEQStats.summarise(info).items()}
+            >>> {k: round(float(v), 4) for k, (v, _) in DEQStats.summarise(info).items()}
             {'nstep': 4.0, 'nstep_max': 5.0, 'abs_residual': 0.2}
         """
         nstep = info.get("nstep")
@@ -105,8 +105,9 @@ class DEQStats(Callback):
         for key, name in (("abs_lowest", "abs_residual"), ("rel_lowest", "rel_residual")):
             if key in info:
                 out[name] = (torch.as_tensor(info[key]).detach().float().mean(), "mean")
-        if "nonfinite" in info:
-            out["nonfinite"] = (torch.as_tensor(info["nonfinite"]).detach().float().mean(), "mean")
+        for key in ("nonfinite", "converged"):  # fractions of the batch
+            if key in info:
+                out[key] = (torch.as_tensor(info[key]).detach().float().mean(), "mean")
         return out
 
     def _log(self, pl_module: L.LightningModule, stage: str) -> None:
@@ -148,7 +149,7 @@ class SpectralRadius(Callback):
             Default 4.
 
     Example:
-        >>> trainer = L.Trainer(callbacks=[SpectralRadius(max_batches=2)])  # doctest: +SKIP
+        >>> trainer = L.Trainer(callbacks=[SpectralRadius(max_batches=2)])
     """
 
     def __init__(self, every_n_epochs: int = 1, max_batches: int | None = 4) -> None:

@@ -2,16 +2,16 @@
 
 Train (and test with the best checkpoint)::
 
-    python train.py project=mdeq solver=anderson grad=ift deq.f_max_iter=30
+    python train.py project=NAME solver=anderson grad=ift deq.f_max_iter=30
 
 Evaluate a checkpoint without training, or resume a run::
 
-    python train.py project=mdeq train=false ckpt_path=logs/mdeq/runs/.../checkpoints/last.ckpt
-    python train.py project=mdeq ckpt_path=logs/mdeq/runs/.../checkpoints/last.ckpt
+    python train.py project=NAME train=false ckpt_path=logs/NAME/runs/.../checkpoints/last.ckpt
+    python train.py project=NAME ckpt_path=logs/NAME/runs/.../checkpoints/last.ckpt
 
 Sweep (one run folder per combination, named after its overrides)::
 
-    python train.py -m project=mdeq solver=anderson,broyden grad=ift,phantom
+    python train.py -m project=NAME solver=anderson,broyden grad=ift,phantom
 """
 
 from __future__ import annotations

@@ -104,9 +104,18 @@ def test_solver_specific_options_set_at_build_time():
     assert (z[0] - cell(z[0], x)).norm() < 1e-2
 
 
-def test_hook_ift_without_ift_warns():
-    with pytest.warns(UserWarning, match="hook_ift"):
-        get_deq(hook_ift=True)
+@pytest.mark.parametrize(
+    "flags, hook",
+    [({"ift": True}, False), ({"ift": True, "hook_ift": True}, True), ({"hook_ift": True}, True)],
+    ids=["ift", "ift+hook", "hook_only"],
+)
+def test_hook_ift_alone_selects_the_hook_implementation(flags, hook):
+    deq = get_deq(f_max_iter=60, f_tol=1e-10, **flags)
+    assert deq.ift and deq.hook_ift == hook
+    cell, x = Cell(), torch.randn(3, 6)
+    (z,), _ = deq(lambda z: cell(z, x), torch.zeros(3, 6))
+    # the autograd.Function wraps f(z*) in its own node; the hook leaves f's node in place
+    assert ("ImplicitBackward" in type(z.grad_fn).__name__) != hook
 
 
 @pytest.mark.parametrize("core", CORES)
@@ -236,11 +245,37 @@ def test_reset_deq_redraws_dropout_masks():
     assert not torch.equal(m1, drop(x))
 
 
+def test_add_deq_args_gives_the_types_code_indexes():
+    from torchdeq.utils import add_deq_args
+
+    parser = add_deq_args(argparse.ArgumentParser())
+    args = parser.parse_args([])
+    assert (args.grad, args.indexing, args.sup_loc) == ([1], [], [])
+    assert args.grad[-1] == 1 and list(args.indexing) == [] and list(args.sup_loc) == []
+    deq = get_deq(args)
+    assert (deq.grad, deq.arg_indexing, deq.sup_loc) == ([1], None, None)
+    args = parser.parse_args(["--grad", "2", "3", "--n_states", "2", "--indexing", "4", "9"])
+    assert args.grad == [2, 3] and args.indexing == [4, 9]
+    assert all(isinstance(v, int) for v in args.grad + args.indexing)
+    assert get_deq(args).grad == [2, 3]
+
+
+def test_one_element_grad_list_and_empty_lists_are_the_plain_values():
+    a = get_deq(core="indexing", grad=[3], indexing=[], sup_loc=[], n_states=2)
+    b = get_deq(core="indexing", grad=3, indexing=None, sup_loc=None, n_states=2)
+    assert (
+        (a.grad, a.arg_indexing, a.sup_loc)
+        == (b.grad, b.arg_indexing, b.sup_loc)
+        == ([3, 3], None, None)
+    )
+
+
 def test_add_deq_args_defaults_match_deqconfig():
     from torchdeq.utils import add_deq_args
 
     args = add_deq_args(argparse.ArgumentParser()).parse_args([])
-    defaults = DEQConfig().to_dict()
+    # list options in their command-line form: one value as a list, None as an empty one
+    defaults = {**DEQConfig().to_dict(), "grad": [1], "indexing": [], "sup_loc": []}
     assert {k: v for k, v in vars(args).items()} == {
         k: v for k, v in defaults.items() if k in vars(args)
     }
@@ -254,3 +289,41 @@ def test_deqconfig_rejects_unknown_keys():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert DEQConfig.from_args({"f_max_iter": 3, "unrelated": 1}).f_max_iter == 3
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("solver", ["fixed_point_iter", "anderson", "broyden", "no_stat"])
+@pytest.mark.parametrize("ift", [False, True])
+def test_info_holds_every_stat_key_in_training_and_eval(core, solver, ift):
+    from torchdeq.solver.stat import STAT_KEYS
+
+    options = {"no_stat": True} if solver == "no_stat" else {"f_solver": solver}
+    deq = get_deq(core=core, n_states=2, f_max_iter=8, ift=ift, **options)
+    cell, x = Cell(), torch.randn(4, 6)
+    for training in (True, False):
+        deq.train(training)
+        _, info = deq(lambda z: cell(z, x), torch.zeros(4, 6))
+        assert set(STAT_KEYS) <= set(info), set(STAT_KEYS) - set(info)
+        assert info["sradius"].shape == (4,) and (info["sradius"] == -1).all()
+        if solver != "no_stat":
+            for key in ("abs_lowest", "rel_lowest", "nstep", "nonfinite", "converged"):
+                assert info[key].shape == (4,), key
+            assert info["converged"].dtype == torch.bool
+    _, info = deq(lambda z: cell(z, x), torch.zeros(4, 6), sradius_mode=True)
+    assert info["sradius"].shape == (4,) and (info["sradius"] > 0).all()
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("stop_mode", ["abs", "rel"])
+def test_info_converged_is_the_lowest_residual_at_or_below_tol(core, stop_mode):
+    # z = c z + 1 per sample: the residual of the j-th iterate shrinks like c^j
+    c = torch.nn.Parameter(torch.tensor([0.1, 0.1, 0.9, 0.9, 0.9])[:, None])
+    deq = get_deq(core=core, n_states=2, f_max_iter=6, f_tol=1e-3, f_stop_mode=stop_mode)
+    for training in (True, False):
+        deq.train(training)
+        _, info = deq(lambda z: c * z + 1, torch.zeros(5, 6))
+        assert torch.equal(info["converged"], info[f"{stop_mode}_lowest"] <= 1e-3)
+        assert info["converged"].tolist() == [True, True, False, False, False]
+    deq = get_deq(core=core, f_max_iter=300, f_tol=1e-9).eval()
+    _, info = deq(lambda z: c * z + 1, torch.zeros(5, 6))
+    assert info["converged"].all()

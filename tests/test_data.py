@@ -13,7 +13,15 @@ import pytest
 import torch
 
 import deqzoo.data.fetch as fetch_mod
-from deqzoo.data import DATASETS, ImageDataModule, load_image_set, read_idx, require
+from deqzoo.data import (
+    DATASETS,
+    ImageDataModule,
+    check_sizes,
+    load_image_set,
+    read_idx,
+    require,
+    sources,
+)
 from deqzoo.data.fetch import fetch, main
 from deqzoo.data.images import random_crop_flip
 from deqzoo.data.sources import DataSet, Debian, PyPI
@@ -148,6 +156,9 @@ def test_data_fetch_cli_lists_and_rejects_unknown_names(tmp_path, capsys, no_net
     assert main(["--list", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in DATASETS) and "not fetched" in out
+    listed = {line.split()[0]: line.split()[1] for line in out.splitlines() if line[:1].strip()}
+    assert listed["fashion_mnist"] == listed["opencv_samples"] == "[shared]"
+    assert listed["wordnet"] == "[ignn]" and listed["alsa_speech"] == "[deq_inr]"
     with pytest.raises(OptionError, match="unknown data set 'wordnett'"):
         main(["wordnet", "wordnett", "--root", str(tmp_path)])
 
@@ -191,3 +202,41 @@ def test_data_random_crop_flip_is_a_shift_or_mirror_shift():
             for img in (img, img.flip(-1))
         ]
         assert any(torch.equal(out[b], c) for c in candidates)
+
+
+def test_data_projects_declare_their_sources_and_deqzoo_finds_them():
+    catalogue = sources.catalogue()
+    shared = {d.name for d in sources.SHARED}
+    assert {"fashion_mnist", "opencv_samples"} <= shared
+    assert {n for n, d in catalogue.items() if d.project is None} == shared
+    for path in sorted((sources.PROJECTS_DIR).glob("*/data.py")):
+        module = __import__(f"projects.{path.parent.name}.data", fromlist=["SOURCES"])
+        for dataset in getattr(module, "SOURCES", ()):
+            assert catalogue[dataset.name].project == path.parent.name
+            assert catalogue[dataset.name].files == dataset.files
+
+
+def test_data_a_source_declared_twice_is_an_error():
+    clash = type("data", (), {"SOURCES": [DataSet("fashion_mnist", "x", ("a",), PyPI("p", "d"))]})
+    with pytest.raises(ValueError, match="'fashion_mnist' of project 'mine'.*deqzoo"):
+        sources._register_project("mine", clash)
+    with pytest.raises(TypeError, match="not a DataSet"):
+        sources._register_project("mine", type("data", (), {"SOURCES": ["wordnet"]}))
+
+
+def test_data_check_sizes_names_the_value_to_set():
+    check_sizes("X", {"in_channels": 3, "num_classes": None}, {"in_channels": 3, "num_classes": 7})
+    with pytest.raises(
+        ValueError, match="data.num_classes=4 was configured.*set data.num_classes=7"
+    ):
+        check_sizes("X", {"num_classes": 4}, {"num_classes": 7})
+    with pytest.raises(KeyError, match="out_channels"):
+        check_sizes("X", {"out_channels": 1}, {"num_classes": 7})
+
+
+def test_data_image_module_checks_the_configured_sizes():
+    with pytest.raises(ValueError, match="data.in_channels=3 .* has 1"):
+        ImageDataModule("digits", in_channels=3, num_classes=10).setup("fit")
+    with pytest.raises(ValueError, match="data.num_classes=10 .* has 3"):
+        ImageDataModule("digits", classes=[0, 1, 2], num_classes=10).setup("fit")
+    ImageDataModule("digits", classes=[0, 1, 2], in_channels=1, num_classes=3).setup("fit")

@@ -21,7 +21,13 @@ from projects.deq_inr.data import (
     psnr,
     read_wav,
 )
-from projects.deq_inr.render import save_reconstruction, video_grid, write_png, write_wav
+from projects.deq_inr.render import (
+    reconstruction_name,
+    save_reconstruction,
+    video_grid,
+    write_png,
+    write_wav,
+)
 
 
 def _wav(path, samples: np.ndarray, rate: int = 8000, width: int = 2) -> None:
@@ -62,8 +68,8 @@ def test_image_data_matches_the_resized_camera_and_its_grid():
 
 
 def test_image_data_rejects_a_config_that_disagrees_with_the_signal():
-    dm = ImageINRData(size=(8, 8), out_features=3)
-    with pytest.raises(ValueError, match="out_features=3.*has 1"):
+    dm = ImageINRData(size=(8, 8), out_channels=3)
+    with pytest.raises(ValueError, match="out_channels=3.*has 1"):
         dm.setup()
     with pytest.raises(ValueError, match="scikit-image sample 'nope'"):
         ImageINRData(image="nope")
@@ -112,7 +118,7 @@ def test_audio_data_reads_a_wav_and_keeps_its_rate(tmp_path):
     t = np.arange(800)
     tone = (0.5 * 32767 * np.sin(2 * np.pi * 440 * t / 8000)).astype(np.int16)
     _wav(tmp_path / "tone.wav", tone)
-    dm = AudioINRData(path=str(tmp_path / "tone.wav"), max_seconds=0.05, in_features=1)
+    dm = AudioINRData(path=str(tmp_path / "tone.wav"), max_seconds=0.05, in_channels=1)
     dm.setup()
     assert dm.signal.grid == (400,) and dm.signal.rate == 8000
     assert dm.signal.value_range == (-1.0, 1.0) and dm.signal.data_range == 2.0
@@ -120,7 +126,7 @@ def test_audio_data_reads_a_wav_and_keeps_its_rate(tmp_path):
 
 
 def test_audio_data_without_the_fetch_names_the_fetch_command(tmp_path, monkeypatch):
-    dataset = sources.DATASETS["alsa_speech"]
+    dataset = sources.lookup("alsa_speech")
     # Neither in the cache (tmp_path) nor where an installed package would put it.
     missing = sources.DataSet(
         dataset.name, dataset.summary, dataset.files, sources.Debian("x", "/no")
@@ -138,7 +144,7 @@ def test_video_data_reads_the_scikit_image_gif():
 
 
 def test_video_data_falls_back_to_the_gif_when_tree_avi_is_missing(tmp_path, monkeypatch, caplog):
-    dataset = sources.DATASETS["opencv_samples"]
+    dataset = sources.lookup("opencv_samples")
     missing = sources.DataSet(
         dataset.name, dataset.summary, dataset.files, sources.Debian("x", "/no")
     )
@@ -181,6 +187,9 @@ def test_renders_round_trip_through_png_and_wav(tmp_path):
 def test_save_reconstruction_writes_the_medium_of_the_signal(tmp_path):
     audio = Signal(torch.zeros(5, 1), "audio", (-1.0, 1.0), rate=100.0)
     video = Signal(torch.zeros(2, 3, 4, 3), "video")
-    assert save_reconstruction(audio, torch.ones(5, 1), tmp_path, "a").suffix == ".wav"
-    path = save_reconstruction(video, torch.rand(24, 3), tmp_path / "sub", "v")
-    assert path.name == "v.png" and path.is_file()
+    assert reconstruction_name(audio, "a") == "a.wav"
+    assert reconstruction_name(video, "v") == "v.png"
+    with wave.open(str(save_reconstruction(audio, torch.ones(5, 1), tmp_path / "a.wav"))) as f:
+        assert (f.getnframes(), f.getframerate()) == (5, 100)
+    path = save_reconstruction(video, torch.rand(24, 3), tmp_path / "v.png")
+    assert path.is_file()

@@ -18,7 +18,6 @@ from projects.deq_inr.net import (
     count_parameters,
     matched_depth,
 )
-from projects.deq_inr.schedule import WallClockExponentialLR
 from torchdeq.utils.checks import OptionError
 
 
@@ -154,20 +153,3 @@ def test_explicit_inr_matches_the_deq_parameter_count():
         assert abs(d - e) <= (width * width + width) / 2
     with pytest.raises(OptionError, match="depth must be >= 0"):
         ExplicitINR(FourierFeatures(2, 4), 1, 8, depth=-1)
-
-
-def test_wall_clock_lr_decays_with_elapsed_time(monkeypatch):
-    clock = [100.0]
-    monkeypatch.setattr("projects.deq_inr.schedule.time.perf_counter", lambda: clock[0])
-    param = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([param], lr=1.0)
-    sched = WallClockExponentialLR(opt, budget_s=10.0, final_factor=0.01)
-    for now, lr in ((105.0, 0.1), (110.0, 0.01), (200.0, 0.01)):
-        clock[0] = now
-        opt.step()
-        sched.step()
-        assert opt.param_groups[0]["lr"] == pytest.approx(lr)
-    state = sched.state_dict()
-    assert state["elapsed"] == pytest.approx(100.0) and "_last" not in state
-    with pytest.raises(ValueError, match="budget_s must be > 0"):
-        WallClockExponentialLR(opt, budget_s=0)

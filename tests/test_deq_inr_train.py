@@ -7,6 +7,7 @@ import wave
 from pathlib import Path
 
 import hydra
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -17,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from framework_toy import compose_config, quiet_trainer  # noqa: E402
 
 from deqzoo.callbacks import DEQReset  # noqa: E402
+from deqzoo.module import OUTPUTS  # noqa: E402
 from deqzoo.train import train  # noqa: E402
 from projects.deq_inr.net import DEQINR, ExplicitINR  # noqa: E402
 
@@ -63,7 +65,6 @@ def test_deq_inr_one_optimisation_step_lowers_the_loss(tmp_path):
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup("fit")
     model = hydra.utils.instantiate(cfg.model)
-    model.render = False
     batch = next(iter(datamodule.train_dataloader()))
 
     def loss() -> float:
@@ -84,8 +85,8 @@ def test_deq_inr_one_optimisation_step_lowers_the_loss(tmp_path):
     [
         ("camera", DEQINR, {"trainer.max_time": "00:00:10:00", "norm.norm_type": "weight_norm"}),
         ("camera_explicit", ExplicitINR, {"model.net.width": 256, "model.net.depth": None}),
-        ("audio", DEQINR, {"model.net.filter.scale": 1000.0, "data.in_features": 1}),
-        ("video", DEQINR, {"data.in_features": 3, "data.out_features": 3}),
+        ("audio", DEQINR, {"model.net.filter.scale": 1000.0, "data.in_channels": 1}),
+        ("video", DEQINR, {"data.in_channels": 3, "data.out_channels": 3}),
         (
             "video_siren",
             DEQINR,
@@ -111,3 +112,24 @@ def test_deq_inr_experiment_composes_the_recipe(experiment, net, checks, tmp_pat
     for key, value in checks.items():
         assert OmegaConf.select(cfg, key) == value, key
     assert hydra.utils.get_class(cfg.model.net._target_) is net
+
+
+def test_deq_inr_validation_psnr_is_that_of_the_whole_signal(tmp_path):
+    cfg = compose_config(["project=deq_inr", "data=camera_tiny", *SMALL], tmp_path)
+    torch.manual_seed(0)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model = hydra.utils.instantiate(cfg.model)
+    parts = []
+
+    class Collect(L.Callback):
+        def on_validation_batch_end(self, trainer, pl_module, outputs, *args):
+            parts.append(outputs[OUTPUTS])
+
+    trainer = quiet_trainer(limit_val_batches=None, callbacks=[Collect()])
+    (result,) = trainer.validate(model, datamodule=datamodule, verbose=False)
+    assert len(parts) == 2  # 1024 coordinates in batches of 512
+    index = torch.cat([i for i, _ in parts])
+    pred = torch.cat([p for _, p in parts])
+    assert sorted(index.tolist()) == list(range(datamodule.n_coords))
+    mse = (pred.clamp(0, 1) - datamodule.targets[index]).pow(2).mean()
+    assert result["val/psnr"] == pytest.approx(float(10 * torch.log10(1 / mse)), abs=1e-3)

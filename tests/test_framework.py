@@ -105,6 +105,7 @@ def test_framework_run_checkpoints_and_eval_reproduces_test_metrics(tmp_path):
     assert value == pytest.approx(max(_val_accs(run)))
     assert metrics["val/nstep_max"] >= metrics["val/nstep"] >= 1
     assert 0 < metrics["val/sradius"] < 10
+    assert 0 <= metrics["val/converged"] <= 1
 
     evaluation = tmp_path / "eval"
     cfg = compose_config(["project=toy", "train=false", f"ckpt_path={best[0]}"], evaluation)
@@ -151,6 +152,7 @@ def test_framework_deq_stats_summarise_known_values():
         "abs_lowest": torch.tensor([0.1, 0.2, 0.6]),
         "rel_lowest": torch.tensor([0.01, 0.02, 0.03]),
         "nonfinite": torch.tensor([False, True, False]),
+        "converged": torch.tensor([True, False, False]),
     }
     got = {k: (round(float(v), 6), fx) for k, (v, fx) in DEQStats.summarise(info).items()}
     assert got == {
@@ -159,6 +161,7 @@ def test_framework_deq_stats_summarise_known_values():
         "abs_residual": (0.3, "mean"),
         "rel_residual": (0.02, "mean"),
         "nonfinite": (round(1 / 3, 6), "mean"),
+        "converged": (round(1 / 3, 6), "mean"),
     }
     # simple_fixed_point_iter reports -1: nothing to log.
     assert DEQStats.summarise({"nstep": -torch.ones(1, 1)}) == {}

@@ -42,16 +42,20 @@ def exact_implicit_grads(f, params, c):
     return torch.autograd.grad(f_z, params, torch.stack(ys))
 
 
-@pytest.mark.parametrize("hook_ift", [False, True])
+#: The three ways to ask for implicit differentiation: autograd.Function, hook, hook alone.
+IFT_FLAGS = [{"ift": True}, {"ift": True, "hook_ift": True}, {"hook_ift": True}]
+IFT_IDS = ["function", "hook", "hook_only"]
+
+
+@pytest.mark.parametrize("flags", IFT_FLAGS, ids=IFT_IDS)
 @pytest.mark.parametrize("core", ["indexing", "sliced"])
 @pytest.mark.parametrize("b_solver", ["fixed_point_iter", "anderson", "broyden"])
-def test_ift_matches_exact_implicit_gradient(hook_ift, core, b_solver):
+def test_ift_matches_exact_implicit_gradient(flags, core, b_solver):
     f, params, c = make_problem()
     expected = exact_implicit_grads(f, params, c)
     deq = get_deq(
         core=core,
-        ift=True,
-        hook_ift=hook_ift,
+        **flags,
         f_max_iter=300,
         f_tol=1e-13,
         b_solver=b_solver,
@@ -65,9 +69,10 @@ def test_ift_matches_exact_implicit_gradient(hook_ift, core, b_solver):
         assert ((g - e).norm() / e.norm()).item() < 1e-6
 
 
-def test_ift_matches_finite_differences():
+@pytest.mark.parametrize("flags", IFT_FLAGS, ids=IFT_IDS)
+def test_ift_matches_finite_differences(flags):
     f, (W, U, x), c = make_problem()
-    deq = get_deq(ift=True, f_max_iter=400, f_tol=1e-14, b_max_iter=400, b_tol=1e-14)
+    deq = get_deq(**flags, f_max_iter=400, f_tol=1e-14, b_max_iter=400, b_tol=1e-14)
     (z_star,), _ = deq(f, torch.zeros(B, D))
     (gW,) = torch.autograd.grad((c * z_star).sum(), [W])
     deq.eval()
@@ -101,6 +106,61 @@ def test_phantom_grad_equals_backprop_through_damped_unrolled_steps(k, tau):
     expected = torch.autograd.grad((c * z).sum(), params)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e)
+
+
+@pytest.mark.parametrize("k, tau", [(1, 1.0), (3, 0.7)])
+def test_phantom_grad_matches_finite_differences_of_the_unrolled_map(k, tau):
+    f, (W, U, x), c = make_problem()
+    z_pred = torch.randn(B, D)  # any detached estimate: phantom grads unroll k steps from it
+    grad_fn = backward_factory(k, tau=tau)
+    (gW,) = torch.autograd.grad((c * grad_fn(None, f, z_pred)[-1]).sum(), [W])
+
+    def unrolled():
+        z = z_pred
+        for _ in range(k):
+            z = tau * f(z) + (1 - tau) * z
+        return (c * z).sum()
+
+    E = torch.zeros(D, D)
+    E[2, 0] = 1e-6
+    with torch.no_grad():
+        W += E
+        lp = unrolled()
+        W -= 2 * E
+        lm = unrolled()
+        W += E
+    fd = (lp - lm) / 2e-6
+    assert abs(fd - gW[2, 0]) < 1e-7 * max(1.0, abs(fd))
+
+
+def test_backward_factory_takes_a_solver_function_or_a_name():
+    from torchdeq.solver import anderson_solver, get_solver, register_solver
+
+    f, params, c = make_problem()
+    z_star = torch.zeros(B, D)
+    with torch.no_grad():
+        for _ in range(300):
+            z_star = f(z_star)
+    opts = dict(max_iter=200, tol=1e-12)
+    grads = []
+    calls = []
+
+    def own_solver(func, x0, **kwargs):
+        calls.append(1)
+        return anderson_solver(func, x0, **kwargs)
+
+    register_solver("own_test_solver", own_solver)
+    solvers = ["anderson", anderson_solver, get_solver("anderson"), own_solver, "own_test_solver"]
+    for b_solver in solvers:
+        grad_fn = backward_factory("ift", b_solver=b_solver, b_solver_kwargs=opts)
+        (z,) = grad_fn(None, f, z_star)
+        grads.append(torch.autograd.grad((c * z).sum(), params))
+    assert len(calls) == 2
+    for got in grads[1:]:
+        for g, e in zip(got, grads[0]):
+            torch.testing.assert_close(g, e)
+    with pytest.raises(OptionError, match="solver function"):
+        backward_factory("ift", b_solver=3)
 
 
 def test_backward_writer_receives_backward_solver_stats():

@@ -112,12 +112,12 @@ def test_wordnet_datamodule_without_data_names_the_fetch_command(tmp_path):
 
 
 def test_datamodule_checks_the_configured_sizes():
-    with pytest.raises(ValueError, match="num_features=5.*has 2"):
-        ChainsDataModule(num_features=5).setup()
+    with pytest.raises(ValueError, match="in_channels=5.*has 2"):
+        ChainsDataModule(in_channels=5).setup()
 
 
 def test_karate_masks_are_disjoint_and_cover_the_club():
-    dm = KarateDataModule(num_features=34, num_classes=4)
+    dm = KarateDataModule(in_channels=34, num_classes=4)
     dm.setup()
     masks = torch.stack([dm.data.train_mask, dm.data.val_mask, dm.data.test_mask]).int()
     assert masks.sum(0).eq(1).all() and masks.sum(1).tolist() == [4, 15, 15]
@@ -150,7 +150,7 @@ def test_ppi_without_files_names_the_folder(tmp_path):
 
 def test_ppi_loads_the_raw_files(tmp_path):
     write_fake_ppi(tmp_path)
-    dm = PPIDataModule(root=str(tmp_path), batch_size=2, num_features=50, num_classes=121)
+    dm = PPIDataModule(root=str(tmp_path), batch_size=2, in_channels=50, num_classes=121)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     assert batch.num_graphs == 2 and batch.x.shape == (12, 50) and batch.y.shape == (12, 121)

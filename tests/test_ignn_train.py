@@ -9,6 +9,7 @@ import hydra
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch_geometric.data import Data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -17,6 +18,7 @@ from test_ignn_data import write_fake_ppi  # noqa: E402
 
 from deqzoo.callbacks import DEQReset  # noqa: E402
 from deqzoo.train import train  # noqa: E402
+from projects.ignn.module import IGNNModule  # noqa: E402
 from projects.ignn.net import GCN, IGNN  # noqa: E402
 
 GCN_NET = "project/ignn/net@model.net=gcn"
@@ -106,3 +108,24 @@ def test_ignn_experiments_compose_to_their_recipes(tmp_path):
     wordnet, wordnet_gcn = _composed("wordnet", tmp_path)[1], _composed("wordnet_gcn", tmp_path)[1]
     assert wordnet["net"]["hidden_channels"] == wordnet_gcn["net"]["hidden_channels"]
     assert wordnet["optimizer"] == wordnet_gcn["optimizer"]
+
+
+def test_ignn_multilabel_f1_is_the_micro_f1_of_the_whole_epoch():
+    torch.manual_seed(0)
+    module = IGNNModule(GCN(5, 8, 4), torch.optim.Adam, num_classes=4, task="multilabel")
+    module.eval()
+    graphs = [
+        Data(x=torch.randn(n, 5), edge_index=torch.tensor([[0, 1], [1, 0]]),
+             y=(torch.rand(n, 4) > 0.5).float())
+        for n in (7, 3)
+    ]  # fmt: skip
+    tp = fp = fn = 0
+    with torch.no_grad():
+        for graph in graphs:
+            module.model_step(graph, "val")
+            pred, true = module(graph.x, graph.edge_index)[-1] > 0, graph.y > 0.5
+            tp += int((pred & true).sum())
+            fp += int((pred & ~true).sum())
+            fn += int((~pred & true).sum())
+    f1 = float(module.metric("val", "f1").compute())
+    assert f1 == pytest.approx(2 * tp / (2 * tp + fp + fn))

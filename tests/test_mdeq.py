@@ -18,7 +18,7 @@ from framework_toy import compose_config  # noqa: E402
 
 from deqzoo.train import train  # noqa: E402
 from projects.mdeq.layers import Downsample, MultiscaleFusion, ResidualBlock  # noqa: E402
-from projects.mdeq.module import MDEQModule, complete_scheduler  # noqa: E402
+from projects.mdeq.module import MDEQModule  # noqa: E402
 from projects.mdeq.net import MDEQNet, Stem  # noqa: E402
 from torchdeq import reset_dropout, reset_norm  # noqa: E402
 
@@ -136,7 +136,7 @@ def test_mdeq_net_rejects_bad_shapes():
 
 
 def _module(net: MDEQNet, lr: float = 0.05) -> MDEQModule:
-    return MDEQModule(net, functools.partial(torch.optim.SGD, lr=lr))
+    return MDEQModule(net, functools.partial(torch.optim.SGD, lr=lr), num_classes=3)
 
 
 def test_mdeq_module_one_step_lowers_the_loss_on_a_fixed_batch():
@@ -158,7 +158,9 @@ def test_mdeq_module_one_step_lowers_the_loss_on_a_fixed_batch():
 
 def test_mdeq_module_several_states_use_fixed_point_correction():
     net = _net(deq=dict(f_max_iter=4, n_states=2))
-    module = MDEQModule(net, functools.partial(torch.optim.SGD, lr=0.1), gamma=0.5)
+    module = MDEQModule(
+        net, functools.partial(torch.optim.SGD, lr=0.1), num_classes=3, loss={"gamma": 0.5}
+    )
     batch = (torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]))
     torch.manual_seed(0)
     loss = module.model_step(batch, "train")["loss"]
@@ -170,26 +172,12 @@ def test_mdeq_module_several_states_use_fixed_point_correction():
 
 def test_mdeq_module_decays_only_weights():
     module = _module(_net())
-    decay, no_decay = module.optim_params()
+    decay, no_decay = module.optim_params()  # the base's groups, on MDEQ's parameter names
     assert all(p.ndim > 1 for p in decay["params"])
     names = {id(p): n for n, p in module.named_parameters()}
     skipped = {names[id(p)].rsplit(".", 1)[-1] for p in no_decay["params"]}
     assert skipped == {"weight_g", "weight", "bias"}  # weight-norm scales, norm affines, biases
     assert no_decay["weight_decay"] == 0.0
-
-
-@pytest.mark.parametrize(
-    "factory,attribute",
-    [
-        (functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1), "total_steps"),
-        (functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR), "T_max"),
-    ],
-)
-def test_mdeq_complete_scheduler_fills_the_length(factory, attribute):
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    assert getattr(complete_scheduler(factory, optimizer, steps=37), attribute) == 37
-    given = functools.partial(factory.func, **factory.keywords, **{attribute: 5})
-    assert getattr(complete_scheduler(given, optimizer, steps=37), attribute) == 5
 
 
 # ---- configs ------------------------------------------------------------------------------------

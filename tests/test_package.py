@@ -16,7 +16,7 @@ DOCUMENTED = {
         "reset_deq",
     ],
     "torchdeq.grad": ["backward_factory"],
-    "torchdeq.solver": ["get_solver", "register_solver"],
+    "torchdeq.solver": ["get_solver", "register_solver", "solver_stat_from_final_step"],
     "torchdeq.solver.fp_iter": ["fixed_point_iter", "simple_fixed_point_iter"],
     "torchdeq.solver.anderson": ["anderson_solver"],
     "torchdeq.solver.broyden": ["broyden_solver"],
@@ -41,7 +41,8 @@ DOCUMENTED = {
         "reset_dropout",
     ],
     "torchdeq.loss": ["fp_correction", "register_weight_func", "jac_reg", "power_method"],
-    "torchdeq.utils": ["add_deq_args", "mem_gc", "mixed_init", "DEQConfig"],
+    "torchdeq.utils": ["add_deq_args", "mem_gc", "mixed_init", "DEQConfig", "strict"],
+    "torchdeq.utils.checks": ["OptionError", "OptionWarning", "strict"],
     "torchdeq": ["get_deq", "apply_norm", "reset_norm"],
 }
 

@@ -12,7 +12,8 @@ from problems import (
     mixed_difficulty,
 )
 
-from torchdeq.solver import get_solver, loop, tracking
+from torchdeq.solver import get_solver, loop, solver_stat_from_final_step, tracking
+from torchdeq.solver.stat import STAT_KEYS
 
 MONITORED = ["fixed_point_iter", "anderson", "broyden"]
 SOLVERS = [*MONITORED, "simple_fixed_point_iter"]
@@ -62,11 +63,12 @@ def test_solver_stats_shapes(name: str, shape: tuple[int, ...], batch: int, trac
     x0 = torch.zeros(shape, dtype=torch.float64)
     z_star, states, info = get_solver(name)(torch.cos, x0, max_iter=7, tol=0.0, indexing=[2])
     assert z_star.shape == x0.shape and states[0].shape == x0.shape
-    assert set(info) == {"abs_lowest", "rel_lowest", "abs_trace", "rel_trace", "nstep", "nonfinite"}
-    for key in ("abs_lowest", "rel_lowest", "nstep", "nonfinite"):
+    assert set(info) == set(STAT_KEYS)
+    for key in ("abs_lowest", "rel_lowest", "nstep", "nonfinite", "converged", "sradius"):
         assert info[key].shape == (batch,), key
     assert info["abs_trace"].shape == info["rel_trace"].shape == (batch, 7)
-    assert info["nonfinite"].dtype == torch.bool
+    assert info["nonfinite"].dtype == info["converged"].dtype == torch.bool
+    assert (info["sradius"] == -1).all()  # the sentinel: not estimated
     # the lowest residuals are those of the returned iterate, found in the trace at nstep
     pick = info["nstep"].long()[:, None]
     assert torch.equal(info["abs_trace"].gather(1, pick)[:, 0], info["abs_lowest"])
@@ -254,9 +256,10 @@ def test_solver_keeps_low_precision_dtype(name: str, dtype: torch.dtype):
 
 def test_simple_fixed_point_iter_returns_dummy_stats():
     _, _, info = get_solver("simple_fixed_point_iter")(torch.cos, torch.zeros(3), max_iter=2)
-    assert set(info) == {"abs_lowest", "rel_lowest", "abs_trace", "rel_trace", "nstep"}
-    for value in info.values():
-        assert value.shape == (1, 1) and value.item() == -1
+    assert set(info) == set(STAT_KEYS)
+    for key, value in info.items():
+        assert value.shape == (1, 1), key
+        assert value.item() == (False if key in ("nonfinite", "converged") else -1), key
 
 
 @pytest.mark.parametrize("name", MONITORED)
@@ -287,3 +290,36 @@ def test_solver_on_cuda_matches_cpu_without_host_syncs(name: str, options: dict)
         torch.cuda.set_sync_debug_mode(0)
     assert z_star.device.type == "cuda" and states[0].device.type == "cuda"
     torch.testing.assert_close(z_star.cpu(), expected, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("stop_mode", ["abs", "rel"])
+@pytest.mark.parametrize("name", MONITORED)
+def test_solver_converged_is_lowest_residual_at_or_below_tol(name: str, stop_mode: str, tracker):
+    # residual of z_j is c^j: with 10 steps (z_0 .. z_9) 0.1 and 0.5 reach 2e-3, 0.9 does not
+    problem = mixed_difficulty()
+    _, _, info = get_solver(name)(
+        problem.func, problem.x0, max_iter=10, tol=2e-3, stop_mode=stop_mode
+    )
+    assert torch.equal(info["converged"], info[f"{stop_mode}_lowest"] <= 2e-3)
+    if name == "fixed_point_iter" and stop_mode == "abs":
+        assert info["converged"].tolist() == [True, True, False]
+    _, _, info = get_solver(name)(problem.func, problem.x0, max_iter=400, tol=1e-10)
+    assert info["converged"].all()
+
+
+def test_solver_stat_from_final_step_has_every_key_and_the_residuals():
+    z = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, float("nan")]], dtype=torch.float64)
+    fz = torch.tensor([[3.0, 4.0], [1.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    stat = solver_stat_from_final_step(z, fz, nstep=7)
+    assert set(stat) == set(STAT_KEYS)
+    torch.testing.assert_close(stat["abs_lowest"][:2], torch.tensor([5.0, 0.0]).double())
+    torch.testing.assert_close(stat["rel_lowest"][:2], torch.tensor([5 / (5 + 1e-8), 0.0]).double())
+    assert stat["abs_trace"].shape == stat["rel_trace"].shape == (3, 1)
+    assert stat["nstep"].tolist() == [7.0, 7.0, 7.0] and (stat["sradius"] == -1).all()
+    assert stat["nonfinite"].tolist() == [False, False, True]
+    assert stat["converged"].tolist() == [False, True, False]
+    assert stat["abs_lowest"].device == z.device
+    rel = solver_stat_from_final_step(z[:2], fz[:2], tol=1.5, stop_mode="rel")
+    assert rel["converged"].tolist() == [True, True] and rel["nstep"].tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="shape"):
+        solver_stat_from_final_step(z, fz[:, :1])

@@ -86,3 +86,72 @@ def test_mixed_init_device_dtype_and_randomness():
     b = mixed_init([4, 8], device=torch.device("cpu"), dtype=torch.float64)
     assert a.device.type == "cpu" and a.dtype == torch.float64
     assert not torch.equal(a, b)
+
+
+NORMS = ["weight_norm", "spectral_norm", "none"]
+
+
+def normed_net(norm_type):
+    from torchdeq.norm import apply_norm
+
+    net = nn.Sequential(nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, 5)).double()
+    apply_norm(net, norm_type)
+    return net
+
+
+@pytest.mark.parametrize("norm_type", NORMS)
+@pytest.mark.parametrize("before", ["nothing", "reset_norm", "no_grad_solve", "grad_call"])
+@pytest.mark.parametrize("calls", [1, 3])
+def test_mem_gc_with_norms_equals_plain_backward(norm_type, before, calls):
+    import copy
+
+    from torchdeq.norm import reset_norm
+
+    net = normed_net(norm_type)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    if before == "reset_norm":
+        reset_norm(net)
+    elif before == "no_grad_solve":  # a DEQ solve: the weight cached without a graph
+        with torch.no_grad():
+            for _ in range(3):
+                net(x)
+    elif before == "grad_call":  # the weight cached with a graph
+        net(x)
+    reference = copy.deepcopy(net)  # the same weights, an empty cache
+
+    def f(z):
+        for _ in range(calls):  # the normalised module several times in one checkpoint
+            z = torch.tanh(net(z) + x)
+        return z
+
+    mem_gc(f, (x,)).pow(2).sum().backward()
+    z = x
+    for _ in range(calls):
+        z = torch.tanh(reference(z) + x)
+    z.pow(2).sum().backward()
+    for (name, p), q in zip(net.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+@pytest.mark.parametrize("norm_type", NORMS)
+def test_mem_gc_with_norms_matches_finite_differences(norm_type):
+    from torchdeq.norm import reset_norm
+
+    net = normed_net(norm_type)
+    reset_norm(net)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    c = torch.randn(4, 5, dtype=torch.float64)
+
+    def loss():
+        return (c * mem_gc(lambda z: net(torch.tanh(net(z) + x)), (x,))).sum()
+
+    loss().backward()
+    name, param = next((n, p) for n, p in net.named_parameters() if p.shape == (5, 5))
+    grad = param.grad[1, 3].item()
+    with torch.no_grad():
+        param[1, 3] += 1e-6
+        up = loss().item()
+        param[1, 3] -= 2e-6
+        down = loss().item()
+        param[1, 3] += 1e-6
+    assert abs((up - down) / 2e-6 - grad) < 1e-6 * max(1.0, abs(grad)), name

@@ -11,7 +11,6 @@ References:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -22,8 +21,8 @@ from torchdeq.dropout import reset_dropout
 from torchdeq.grad import backward_factory, check_solver_kwargs
 from torchdeq.loss import power_method
 from torchdeq.norm import reset_norm
-from torchdeq.solver import get_solver
-from torchdeq.solver.stat import SolverStat
+from torchdeq.solver import resolve_solver, solver_name
+from torchdeq.solver.stat import SRADIUS_NOT_COMPUTED, SolverStat
 from torchdeq.utils.checks import OptionError, Registry, check_choice, check_kwargs
 from torchdeq.utils.config import DEQConfig, get_attr
 from torchdeq.utils.packing import StatePacker
@@ -44,8 +43,9 @@ class DEQBase(nn.Module):
 
     Args:
         args: Configuration; keys of ``args`` that are not DEQ options are ignored. Default None.
-        f_solver (str): Forward solver. Default ``'fixed_point_iter'``.
-        b_solver (str): Backward (IFT) solver. Default ``'fixed_point_iter'``.
+        f_solver (str): Forward solver (a registered name or a solver function). Default
+            ``'fixed_point_iter'``.
+        b_solver (str): Backward (IFT) solver, the same way. Default ``'fixed_point_iter'``.
         no_stat (bool, optional): Skip convergence monitoring where the solver allows it:
             ``fixed_point_iter`` then runs as ``simple_fixed_point_iter`` (exactly ``f_max_iter``
             steps, dummy statistics). Anderson and Broyden need residuals to work and keep theirs.
@@ -61,7 +61,8 @@ class DEQBase(nn.Module):
             e.g. ``dict(m=5, lam=1e-4)`` for Anderson or ``dict(ls=True)`` for Broyden.
         b_solver_kwargs (dict, optional): Options of the backward solver.
         **kwargs: Other keys of :class:`DEQConfig` (consumed by subclasses or other components);
-            any other key raises :class:`~torchdeq.utils.checks.OptionError`.
+            any other key is ignored with an :class:`~torchdeq.utils.checks.OptionWarning`
+            (an :class:`~torchdeq.utils.checks.OptionError` in strict mode).
     """
 
     def __init__(
@@ -86,12 +87,13 @@ class DEQBase(nn.Module):
         check_kwargs(type(self).__name__, kwargs, DEQConfig.keys())
         self.args = args
         self.no_stat = bool(get_attr(args, "no_stat", no_stat))
-        self.f_solver_name = get_attr(args, "f_solver", f_solver)
-        self.b_solver_name = get_attr(args, "b_solver", b_solver)
-        if self.no_stat and self.f_solver_name == "fixed_point_iter":
-            self.f_solver_name = "simple_fixed_point_iter"
-        self.f_solver = get_solver(self.f_solver_name)
-        get_solver(self.b_solver_name)
+        f_solver = get_attr(args, "f_solver", f_solver)
+        if self.no_stat and f_solver == "fixed_point_iter":
+            f_solver = "simple_fixed_point_iter"
+        self.f_solver = resolve_solver(f_solver)
+        self.b_solver = resolve_solver(get_attr(args, "b_solver", b_solver))
+        self.f_solver_name = solver_name(f_solver)
+        self.b_solver_name = solver_name(get_attr(args, "b_solver", b_solver))
         self.f_max_iter = _count("f_max_iter", get_attr(args, "f_max_iter", f_max_iter))
         self.b_max_iter = _count("b_max_iter", get_attr(args, "b_max_iter", b_max_iter))
         self.f_tol = _nonnegative("f_tol", get_attr(args, "f_tol", f_tol))
@@ -108,10 +110,18 @@ class DEQBase(nn.Module):
         self.eval_f_max_iter = _count(
             "eval_f_max_iter", get_attr(args, "eval_f_max_iter", eval_f_max_iter)
         )
-        self.f_solver_kwargs = dict(get_attr(args, "f_solver_kwargs", f_solver_kwargs) or {})
-        self.b_solver_kwargs = dict(get_attr(args, "b_solver_kwargs", b_solver_kwargs) or {})
-        check_solver_kwargs(self.f_solver_name, self.f_solver_kwargs)
-        check_solver_kwargs(self.b_solver_name, self.b_solver_kwargs)
+        self.f_solver_kwargs = check_solver_kwargs(
+            self.f_solver,
+            dict(get_attr(args, "f_solver_kwargs", f_solver_kwargs) or {}),
+            where="f_solver_kwargs",
+            name=self.f_solver_name,
+        )
+        self.b_solver_kwargs = check_solver_kwargs(
+            self.b_solver,
+            dict(get_attr(args, "b_solver_kwargs", b_solver_kwargs) or {}),
+            where="b_solver_kwargs",
+            name=self.b_solver_name,
+        )
 
     def forward(
         self, func, z_init, solver_kwargs=None, sradius_mode=False, backward_writer=None, **kwargs
@@ -138,16 +148,25 @@ class DEQBase(nn.Module):
             if max_iter is None:
                 max_iter = self.eval_f_max_iter or int(self.f_max_iter * self.eval_factor)
             z_star, _, info = self._solve(f, z0, max_iter, None, opts)
-            if sradius_mode:
-                info["sradius"] = self._spectral_radius(f, z_star)
             states = [z_star]
+        info = SolverStat(info)
+        if sradius_mode and not self.training:
+            info["sradius"] = self._spectral_radius(f, states[-1])
+        else:  # per sample, also where the solver's statistics are a (1, 1) dummy
+            info["sradius"] = z0.new_full(z0.shape[:1], SRADIUS_NOT_COMPUTED)
         return [packer.unpack(z) for z in states], info
 
     def _call_options(self, solver_kwargs: Mapping | None) -> tuple[int | None, dict]:
         """Merges build-time and per-call solver options; returns (per-call max_iter, options)."""
         opts = {"tol": self.f_tol, "stop_mode": self.f_stop_mode, **self.f_solver_kwargs}
         call = {_CALL_ALIASES.get(k, k): v for k, v in (solver_kwargs or {}).items()}
-        check_solver_kwargs(self.f_solver_name, call, extra=("max_iter", "tol", "stop_mode"))
+        call = check_solver_kwargs(
+            self.f_solver,
+            call,
+            extra=("max_iter", "tol", "stop_mode"),
+            where="solver_kwargs",
+            name=self.f_solver_name,
+        )
         max_iter = call.pop("max_iter", None)
         if max_iter is not None:
             max_iter = _count("f_max_iter", max_iter)
@@ -168,13 +187,8 @@ class DEQBase(nn.Module):
         self, args, ift, hook_ift, grad, tau, sup_gap, sup_loc, n_states, indexing
     ) -> None:
         """Creates one gradient functor per sampled state (IFT, if enabled, for the last)."""
-        self.ift = bool(get_attr(args, "ift", ift))
         self.hook_ift = bool(get_attr(args, "hook_ift", hook_ift))
-        if self.hook_ift and not self.ift:
-            warnings.warn(
-                "hook_ift=True has no effect without ift=True: phantom gradients are used",
-                stacklevel=3,
-            )
+        self.ift = bool(get_attr(args, "ift", ift)) or self.hook_ift
         self.tau = float(get_attr(args, "tau", tau))
         self.sup_gap = int(get_attr(args, "sup_gap", sup_gap))
         self.sup_loc = _int_list("sup_loc", get_attr(args, "sup_loc", sup_loc))
@@ -183,7 +197,7 @@ class DEQBase(nn.Module):
         if self.arg_indexing is not None and any(i < 1 for i in self.arg_indexing):
             raise OptionError(f"indexing entries are solver steps >= 1, got {self.arg_indexing}")
         n = len(self.arg_indexing) if self.arg_indexing else self.n_states
-        grads = _int_list("grad", get_attr(args, "grad", grad))
+        grads = _int_list("grad", get_attr(args, "grad", grad)) or [1]
         if len(grads) == 1:
             grads = grads * n
         if len(grads) != n:
@@ -205,7 +219,7 @@ class DEQBase(nn.Module):
                 backward_factory(
                     "ift",
                     hook_ift=self.hook_ift,
-                    b_solver=self.b_solver_name,
+                    b_solver=self.b_solver,
                     b_solver_kwargs=b_opts,
                 )
             )
@@ -231,15 +245,20 @@ class DEQBase(nn.Module):
 _CORE_DOC_ARGS = """
     Args:
         args: Configuration (see :class:`DEQBase`); wins over the keyword values. Default None.
-        ift (bool): Implicit differentiation for the final state. Default False.
-        hook_ift (bool): Backward-hook implementation of IFT (needs ``ift``). Default False.
-        grad (int or list[int]): Phantom gradient steps, one value or one per sampled state.
+        ift (bool): Implicit differentiation for the final state (the ``torch.autograd.Function``
+            implementation). Default False.
+        hook_ift (bool): Implicit differentiation for the final state through a backward hook,
+            with or without ``ift``. Default False.
+        grad (int or list[int]): Phantom gradient steps, one value or one per sampled state
+            (a one-element list is the same as its value).
         tau (float): Phantom gradient damping. Default 1.0.
         sup_gap (int): Also return every ``sup_gap``-th phantom state if > 0. Default -1.
-        sup_loc (list[int], optional): Also return the phantom states at these steps.
+        sup_loc (list[int], optional): Also return the phantom states at these steps (an empty
+            list is the same as None).
         n_states (int): Number of uniformly sampled states. Default 1 (the fixed point only).
         indexing (list[int], optional): Solver steps at which to sample states; overrides
-            ``n_states``. The last entry stands for the solver's final (best) estimate.
+            ``n_states`` (an empty list is the same as None). The last entry stands for the
+            solver's final (best) estimate.
         **kwargs: Options of :class:`DEQBase` (solvers, iterations, tolerances, ...).
 """
 
@@ -251,16 +270,21 @@ _FORWARD_DOC = """Solves for the fixed point of ``func`` and attaches gradients.
             z_init (Tensor or tuple/list of Tensors): Initial state, batch first.
             solver_kwargs (dict, optional): Per-call solver options: ``f_max_iter``, ``f_tol``,
                 ``f_stop_mode`` (or ``max_iter``, ``tol``, ``stop_mode``) and the forward solver's
-                own options. Unknown keys raise OptionError.
+                own options. Unknown keys are ignored with an OptionWarning (an OptionError
+                in strict mode).
             sradius_mode (bool): At evaluation, estimate the spectral radius of ``J_f(z*)`` by
-                the power method and add ``info['sradius']`` (shape (B,)). Default False.
+                the power method into ``info['sradius']`` (shape (B,)); otherwise it holds
+                ``-1`` per sample. Default False.
             backward_writer (callable, optional): Receives the backward solver's statistics.
+            **kwargs: Ignored, with an OptionWarning naming them (an OptionError in strict
+                mode).
 
         Returns:
             tuple[list, SolverStat]: In training, the sampled states (with gradients), in
             evaluation ``[z_star]``; each state has ``z_init``'s structure. ``info`` holds
-            ``abs_lowest``, ``rel_lowest``, ``nstep`` (B,), ``abs_trace``, ``rel_trace`` (B, N),
-            ``nonfinite`` (B,) and optionally ``sradius``.
+            every key of :class:`~torchdeq.solver.stat.SolverStat`: ``abs_lowest``,
+            ``rel_lowest``, ``nstep``, ``nonfinite``, ``converged``, ``sradius`` (B,) and
+            ``abs_trace``, ``rel_trace`` (B, N).
         """
 
 
@@ -354,11 +378,15 @@ class DEQSliced(_SampledDEQ):
             sampled = grad_fn(self, f, z_star, writer=writer)
             states.extend(sampled)
             z, done = sampled[-1], max(stop, done)
-        return states, _merge_stats(infos, offsets)
+        return states, _merge_stats(infos, offsets, opts["stop_mode"])
 
 
-def _merge_stats(infos: list[SolverStat], offsets: list[int]) -> SolverStat:
-    """Joins the statistics of consecutive solves into those of one trajectory."""
+def _merge_stats(infos: list[SolverStat], offsets: list[int], stop_mode: str) -> SolverStat:
+    """Joins the statistics of consecutive solves into those of one trajectory.
+
+    Each sample's best iterate is the one with the lowest residual in ``stop_mode`` over all
+    the solves; ``nstep``, the lowest residuals and ``converged`` come from that solve.
+    """
     if len(infos) == 1:
         return infos[0]
     last = infos[-1]
@@ -368,10 +396,11 @@ def _merge_stats(infos: list[SolverStat], offsets: list[int]) -> SolverStat:
     merged = SolverStat(last)
     for key in ("abs_trace", "rel_trace"):
         merged[key] = torch.cat([i[key] for i in infos], dim=1)
-    lowest_key = "abs_lowest"
-    best = torch.stack([i[lowest_key] for i in infos])  # (S, B)
+    best = torch.stack([i[f"{stop_mode}_lowest"] for i in infos])  # (S, B)
     seg = best.argmin(dim=0)
-    for key in ("abs_lowest", "rel_lowest"):
+    for key in ("abs_lowest", "rel_lowest", "converged"):
+        if key not in last:  # a user-registered solver's statistics may lack it
+            continue
         merged[key] = torch.stack([i[key] for i in infos]).gather(0, seg[None]).squeeze(0)
     nsteps = torch.stack([i["nstep"] + o for i, o in zip(infos, offsets)])
     merged["nstep"] = nsteps.gather(0, seg[None]).squeeze(0)
@@ -393,12 +422,13 @@ def _nonnegative(name: str, value: Any) -> float:
 
 
 def _int_list(name: str, value: Any) -> list[int] | None:
+    """``value`` (an int or a sequence of ints) as a list; None for None or an empty list."""
     if value is None:
         return None
     values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
-    if not values or any(isinstance(v, bool) or int(v) != v for v in values):
-        raise OptionError(f"{name} must be an int or a non-empty list of ints, got {value!r}")
-    return [int(v) for v in values]
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v for v in values):
+        raise OptionError(f"{name} must be an int or a list of ints, got {value!r}")
+    return [int(v) for v in values] or None
 
 
 _CORES = Registry("DEQ core", {"indexing": DEQIndexing, "sliced": DEQSliced})
@@ -451,19 +481,21 @@ def get_deq(args: Any = None, **kwargs: Any) -> DEQBase:
     Args:
         args: argparse Namespace, dict, DEQConfig, OmegaConf DictConfig or any object with
             attributes. Keys that are not DEQ options are ignored. Default None.
-        **kwargs: Options that update ``args``. Unknown names raise OptionError.
+        **kwargs: Options that update ``args``. Unknown names are ignored with an
+            OptionWarning (an OptionError in strict mode).
 
     Returns:
         DEQBase: The DEQ module.
 
     Example:
         >>> deq = get_deq(core='sliced', f_solver='anderson', f_max_iter=20)
+        >>> import argparse
         >>> deq = get_deq(argparse.Namespace(core='indexing', n_states=2))
     """
     core = kwargs.get("core", get_attr(args, "core", "sliced"))
     core_cls = _CORES.lookup(core)
     if core_cls in (DEQIndexing, DEQSliced):
-        check_kwargs("get_deq", kwargs, DEQConfig.keys())
+        kwargs = check_kwargs("get_deq", kwargs, DEQConfig.keys())
     return core_cls(args=_Overlay(args, kwargs))
 
 
@@ -471,6 +503,7 @@ def register_deq(deq_type: str, core: type) -> None:
     """Registers a DEQ class under ``deq_type`` for :func:`get_deq` (``core=deq_type``).
 
     Example:
+        >>> class CustomDEQ(DEQSliced): ...
         >>> register_deq('custom', CustomDEQ)
     """
     _CORES.register(deq_type, core)
@@ -480,6 +513,7 @@ def reset_deq(model: nn.Module) -> None:
     """Resets the normalisation and variational dropout masks in ``model`` (once per batch).
 
     Example:
+        >>> deq_layer = torch.nn.Linear(4, 4)
         >>> reset_deq(deq_layer)
     """
     reset_norm(model)

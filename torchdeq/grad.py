@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from torchdeq.solver import get_solver, solver_options
+from torchdeq.solver import resolve_solver, solver_name, solver_options
 from torchdeq.utils.checks import OptionError, check_kwargs
 
 #: Options of a solver that the caller, not the user's option dict, controls.
@@ -31,16 +31,35 @@ MANAGED_SOLVER_OPTIONS = frozenset({"max_iter", "tol", "stop_mode", "indexing"})
 GradFn = Callable[..., list]
 
 
-def check_solver_kwargs(solver_name: str, kwargs: dict, extra: Sequence[str] = ()) -> None:
-    """Raises OptionError for options that solver ``solver_name`` does not take.
+def check_solver_kwargs(
+    solver: str | Callable,
+    kwargs: dict,
+    extra: Sequence[str] = (),
+    where: str = "solver_kwargs",
+    name: str | None = None,
+) -> dict:
+    """Returns the options of ``kwargs`` that ``solver`` takes; reports the others.
 
-    ``extra`` names further accepted keys (e.g. ``max_iter`` where the caller allows it).
+    An unknown option is dropped with an :class:`~torchdeq.utils.checks.OptionWarning` (an
+    :class:`OptionError` in strict mode) naming it, ``where`` it was given and the valid ones.
+
+    Args:
+        solver (str | callable): A registered solver name or a solver function.
+        kwargs (dict): The options.
+        extra (Sequence[str]): Further accepted keys (e.g. ``max_iter`` where the caller
+            allows it).
+        where (str): The argument that held ``kwargs``, for the message.
+        name (str, optional): The solver's name in the message (default its key or
+            ``__name__``).
+
+    Returns:
+        dict: ``kwargs`` without the unknown options.
     """
-    solver = get_solver(solver_name)
     options = solver_options(solver)
-    if options is None:  # a registered solver that takes arbitrary options
-        return
-    check_kwargs(f"solver {solver_name!r}", kwargs, (options - MANAGED_SOLVER_OPTIONS) | set(extra))
+    if options is None:  # a solver that takes arbitrary options
+        return dict(kwargs)
+    valid = (options - MANAGED_SOLVER_OPTIONS) | set(extra)
+    return check_kwargs(f"solver {name or solver_name(solver)!r} ({where})", kwargs, valid)
 
 
 class _ImplicitBackward(torch.autograd.Function):
@@ -140,22 +159,25 @@ def backward_factory(
         grad_type (str or int): ``'ift'`` or the number of phantom gradient steps (default
             ``'ift'``).
         hook_ift (bool): Use the backward-hook implementation of IFT. Default False.
-        b_solver (str, optional): Solver of the IFT linear system (default
-            ``'fixed_point_iter'``).
+        b_solver (str or callable, optional): Solver of the IFT linear system: a registered
+            name or a solver function (what ``get_solver`` returns). Default
+            ``'fixed_point_iter'``.
         b_solver_kwargs (dict, optional): Options of the backward solver: ``max_iter``, ``tol``,
-            ``stop_mode`` and the solver's own options. Unknown options raise OptionError.
+            ``stop_mode`` and the solver's own options. Unknown options are ignored with an
+            OptionWarning (an OptionError in strict mode).
         sup_gap (int): Also return every ``sup_gap``-th phantom state if > 0. Default -1.
         sup_loc (list[int], optional): Also return the phantom states at these steps (1..k).
         tau (float): Damping of phantom gradients, in (0, 1]. Default 1.0. 0.5-0.7 suits MDEQ.
-        **grad_factory_kwargs: Not accepted: any key raises OptionError (misspelt options used
-            to be silently ignored).
+        **grad_factory_kwargs: Extra arguments are ignored, with an OptionWarning naming them
+            (an OptionError in strict mode, see :func:`~torchdeq.utils.checks.strict`).
 
     Returns:
         callable: ``grad_fn(trainer, func, z_pred, writer=None) -> list[Tensor]``. ``writer``, if
         given, receives the backward solver's statistics (a SolverStat) during backward.
 
     Raises:
-        OptionError: On an unknown option, solver, or invalid value.
+        OptionError: On an unknown solver or an invalid value (and in strict mode on an
+            unknown option).
 
     Example:
         >>> lin = torch.nn.Linear(4, 4)
@@ -167,9 +189,14 @@ def backward_factory(
     check_kwargs("backward_factory", grad_factory_kwargs, ())
     if grad_type == "ift":
         b_solver = b_solver or "fixed_point_iter"
-        solver = get_solver(b_solver)
-        solver_kwargs = dict(b_solver_kwargs or {})
-        check_solver_kwargs(b_solver, solver_kwargs, extra=("max_iter", "tol", "stop_mode"))
+        solver = resolve_solver(b_solver)
+        solver_kwargs = check_solver_kwargs(
+            solver,
+            dict(b_solver_kwargs or {}),
+            extra=("max_iter", "tol", "stop_mode"),
+            where="b_solver_kwargs",
+            name=solver_name(b_solver),
+        )
         return _make_ift(hook_ift, solver, solver_kwargs)
     if isinstance(grad_type, bool) or not isinstance(grad_type, int) or grad_type < 1:
         raise OptionError(

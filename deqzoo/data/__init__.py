@@ -1,6 +1,8 @@
 """Data for the DEQ Zoo: the offline catalogue, fetching and caching, shared readers.
 
-* :func:`require` / :data:`DATASETS` / ``python -m deqzoo.data.fetch``: registry-only data sets.
+* :func:`require` / :func:`catalogue` / ``python -m deqzoo.data.fetch``: registry-only data
+  sets, the shared ones and those the projects declare (``SOURCES`` in their ``data.py``).
+* :func:`check_sizes`: configured sizes (``in_channels``, ``num_classes``, ...) against the data.
 * :func:`read_idx`: MNIST-style IDX files.
 * :class:`ImageDataModule` / :func:`load_image_set`: in-memory image classification.
 
@@ -12,11 +14,27 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from deqzoo.data.sources import DATASETS, DataSet, data_root, fetch_command, require
+from deqzoo.data.checks import check_sizes
+from deqzoo.data.sources import (
+    DATASETS,
+    DataSet,
+    Debian,
+    PyPI,
+    catalogue,
+    data_root,
+    fetch_command,
+    lookup,
+    require,
+)
 
 __all__ = [
     "DATASETS",
     "DataSet",
+    "Debian",
+    "PyPI",
+    "catalogue",
+    "check_sizes",
+    "lookup",
     "IMAGE_SETS",
     "ImageDataModule",
     "ImageSet",

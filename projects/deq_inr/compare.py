@@ -1,7 +1,7 @@
 """Puts the PSNR-against-time curves of several runs in one plot and one table.
 
 Each run folder holds ``psnr_curve.csv`` (and ``inr_summary.json``), written by
-:class:`projects.deq_inr.module.INRModule`::
+the callbacks of :mod:`projects.deq_inr.callbacks`::
 
     python -m projects.deq_inr.compare logs/deq_inr/runs/A logs/deq_inr/runs/B \\
         --labels DEQ explicit --out psnr_vs_time.png
@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from projects.deq_inr.module import CURVE_CSV, SUMMARY
+from projects.deq_inr.callbacks import CURVE_CSV, SUMMARY
 from projects.deq_inr.render import plot_psnr_curves
 
 __all__ = ["main", "read_curve", "psnr_at"]

@@ -33,10 +33,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from deqzoo.data import require
+from deqzoo.data import DataSet, Debian, check_sizes, require
 from torchdeq.utils.checks import OptionError, check_choice
 
 __all__ = [
+    "SOURCES",
     "AudioINRData",
     "CoordinateDataModule",
     "ImageINRData",
@@ -48,6 +49,30 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The project's own fetchable data (``python -m deqzoo.data.fetch alsa_speech``); the video
+#: comes from the shared ``opencv_samples``.
+SOURCES = [
+    DataSet(
+        "alsa_speech",
+        "ALSA test speech: 9 short spoken channel names, 48 kHz mono WAV",
+        tuple(
+            f"{n}.wav"
+            for n in (
+                "Front_Center",
+                "Front_Left",
+                "Front_Right",
+                "Noise",
+                "Rear_Center",
+                "Rear_Left",
+                "Rear_Right",
+                "Side_Left",
+                "Side_Right",
+            )
+        ),
+        Debian("alsa-utils", "/usr/share/sounds/alsa"),
+    ),
+]
 
 KINDS = ("image", "audio", "video")
 SKIMAGE_IMAGES = ("astronaut", "brick", "camera", "cat", "coffee", "grass", "gravel", "moon")
@@ -283,9 +308,11 @@ class CoordinateDataModule(L.LightningDataModule):
             coordinates). Validation runs once per epoch. Default None.
         eval_batch_size (int, optional): Coordinates per validation and test batch.
             Default 65536.
-        in_features (int, optional): Expected coordinate dimension; checked at setup (the net's
-            config reads it). Default None (not checked).
-        out_features (int, optional): Expected channels; checked at setup. Default None.
+        in_channels (int, optional): Expected coordinate dimension; checked at setup
+            (:func:`deqzoo.data.checks.check_sizes`; the net's config reads it). Default None (not
+            checked).
+        out_channels (int, optional): Expected channels of the signal's values; checked at
+            setup. Default None.
         seed (int, optional): Seed of the batch order. Default 0.
 
     Raises:
@@ -297,8 +324,8 @@ class CoordinateDataModule(L.LightningDataModule):
         batch_size: int = 8192,
         steps_per_epoch: int | None = None,
         eval_batch_size: int = 65536,
-        in_features: int | None = None,
-        out_features: int | None = None,
+        in_channels: int | None = None,
+        out_channels: int | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -309,7 +336,7 @@ class CoordinateDataModule(L.LightningDataModule):
             raise ValueError(f"steps_per_epoch must be >= 1 or None, got {steps_per_epoch!r}")
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.steps_per_epoch = steps_per_epoch
-        self.expected = {"in_features": in_features, "out_features": out_features}
+        self.expected = {"in_channels": in_channels, "out_channels": out_channels}
         self.seed = seed
         self.signal: Signal | None = None
         self.coords: Tensor | None = None
@@ -324,13 +351,8 @@ class CoordinateDataModule(L.LightningDataModule):
         if self.signal is not None:
             return
         signal = self.load_signal()
-        found = {"in_features": len(signal.grid), "out_features": signal.channels}
-        for key, want in self.expected.items():
-            if want is not None and int(want) != found[key]:
-                raise ValueError(
-                    f"{type(self).__name__}: the config says {key}={want} but the signal "
-                    f"{tuple(signal.values.shape)} has {found[key]}"
-                )
+        found = {"in_channels": len(signal.grid), "out_channels": signal.channels}
+        check_sizes(f"{type(self).__name__}{tuple(signal.values.shape)}", self.expected, found)
         self.signal, self.coords, self.targets = signal, signal.coords(), signal.targets()
 
     @property

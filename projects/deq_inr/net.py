@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from deqzoo.loss import jac_loss_at
 from torchdeq import apply_norm, get_deq
 from torchdeq.utils.checks import OptionError, check_choice
 
@@ -309,7 +310,11 @@ class DEQINR(nn.Module):
         self.cache = FixedPointCache(width)
 
     def forward(
-        self, coords: Tensor, index: Tensor | None = None, sradius_mode: bool = False
+        self,
+        coords: Tensor,
+        index: Tensor | None = None,
+        sradius_mode: bool = False,
+        jac_loss: bool = False,
     ) -> tuple[list[Tensor], Mapping[str, Tensor]]:
         """Predicts the signal at ``coords``.
 
@@ -319,6 +324,8 @@ class DEQINR(nn.Module):
                 key of the fixed-point cache. None solves from zero and caches nothing.
             sradius_mode (bool, optional): Estimate the spectral radius at the fixed point
                 (evaluation only). Default False.
+            jac_loss (bool, optional): Put the Jacobian regulariser at the fixed point into the
+                info dict as ``'jac_loss'``. Default False.
 
         Returns:
             tuple[list[Tensor], Mapping[str, Tensor]]: ``(B, out_features)`` predictions, one
@@ -329,11 +336,12 @@ class DEQINR(nn.Module):
         cached = self.reuse and index is not None
         z0 = self.cache.read(index).to(u.dtype) if cached else u.new_zeros(u.shape)
         skip = cached and self._fresh(index)
+
+        def f(z: Tensor) -> Tensor:
+            return self.cell(z, u)
+
         states, info = self.deq(
-            lambda z: self.cell(z, u),
-            z0,
-            solver_kwargs={"max_iter": 0} if skip else None,
-            sradius_mode=sradius_mode,
+            f, z0, solver_kwargs={"max_iter": 0} if skip else None, sradius_mode=sradius_mode
         )
         z_last = states[-1].detach()
         if skip:
@@ -344,6 +352,8 @@ class DEQINR(nn.Module):
                 # A solver without statistics: record how far the gradient steps moved.
                 residual = self._measured(info, z0, z_last)["rel_lowest"]
             self.cache.write(index, z_last, residual)
+        if jac_loss:
+            info = {**info, "jac_loss": jac_loss_at(f, states[-1])}
         return [self.readout(z) for z in states], info
 
     def _fresh(self, index: Tensor) -> bool:
@@ -408,9 +418,22 @@ class ExplicitINR(nn.Module):
         self.readout = nn.Linear(width, out_features)
 
     def forward(
-        self, coords: Tensor, index: Tensor | None = None, sradius_mode: bool = False
+        self,
+        coords: Tensor,
+        index: Tensor | None = None,
+        sradius_mode: bool = False,
+        jac_loss: bool = False,
     ) -> tuple[list[Tensor], None]:
-        """Predicts the signal at ``coords`` (``index`` and ``sradius_mode`` are not used)."""
+        """Predicts the signal at ``coords`` (``index`` and ``sradius_mode`` are not used).
+
+        Raises:
+            ValueError: For ``jac_loss=True``: an explicit net has no equilibrium.
+        """
+        if jac_loss:
+            raise ValueError(
+                "ExplicitINR has no equilibrium whose Jacobian could be regularised; "
+                "set loss.jac_loss_weight=0 loss.jac_loss_freq=0"
+            )
         h = self.filter(coords)
         for layer in self.layers:
             h = self.act(layer(h))

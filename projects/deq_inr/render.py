@@ -14,7 +14,14 @@ from torch import Tensor
 
 from projects.deq_inr.data import Signal
 
-__all__ = ["plot_psnr_curves", "save_reconstruction", "video_grid", "write_png", "write_wav"]
+__all__ = [
+    "plot_psnr_curves",
+    "reconstruction_name",
+    "save_reconstruction",
+    "video_grid",
+    "write_png",
+    "write_wav",
+]
 
 
 def write_png(array: np.ndarray, path: str | os.PathLike) -> Path:
@@ -64,31 +71,32 @@ def video_grid(frames: np.ndarray, columns: int | None = None, gap: int = 1) -> 
     return grid
 
 
-def save_reconstruction(
-    signal: Signal, table: Tensor, folder: str | os.PathLike, stem: str
-) -> Path:
+def reconstruction_name(signal: Signal, stem: str) -> str:
+    """The file name of a rendered ``signal``: ``<stem>.wav`` for audio, else ``<stem>.png``."""
+    return f"{stem}.wav" if signal.kind == "audio" else f"{stem}.png"
+
+
+def save_reconstruction(signal: Signal, table: Tensor, path: str | os.PathLike) -> Path:
     """Writes predictions for every coordinate in the signal's own medium.
 
     Args:
         signal (Signal): The signal that was fitted (its shape, kind, range and rate).
         table (Tensor): ``(N, C)`` predictions, row ``i`` at coordinate ``i``.
-        folder (str | PathLike): Where to write (created if needed).
-        stem (str): File name without suffix.
+        path (str | PathLike): The file, named by :func:`reconstruction_name`: a PNG (image;
+            video frames as a grid) or a WAV (audio).
 
     Returns:
-        Path: ``<stem>.png`` (image; video frames as a grid) or ``<stem>.wav`` (audio).
+        Path: ``path``.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     values = signal.unflatten(table.detach().float().cpu()).numpy()
     low, high = signal.value_range
     if signal.kind == "audio":
         # Rescale to [-1, 1], the range of PCM samples.
         samples = (values[:, 0] - low) / (high - low) * 2.0 - 1.0
-        return write_wav(samples, signal.rate or 16000, folder / f"{stem}.wav")
+        return write_wav(samples, signal.rate or 16000, path)
     unit = (values - low) / (high - low)
     image = video_grid(unit) if signal.kind == "video" else unit
-    return write_png(image, folder / f"{stem}.png")
+    return write_png(image, path)
 
 
 def plot_psnr_curves(

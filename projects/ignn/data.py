@@ -4,7 +4,7 @@ Single-graph (transductive) sets give one batch per stage: the whole graph, a Py
 boolean ``train_mask``, ``val_mask`` and ``test_mask``; the module scores a stage on its mask.
 PPI gives batches of whole graphs (inductive), one split per stage, scored on all nodes.
 
-Every data module takes ``num_features`` and ``num_classes`` (the config interpolates the net's
+Every data module takes ``in_channels`` and ``num_classes`` (the config interpolates the net's
 sizes from them) and checks them against the data, so a mismatch fails at setup with both
 numbers rather than inside a matrix product.
 """
@@ -23,9 +23,10 @@ from torch.utils.data import DataLoader
 from torch_geometric.data import Data
 from torch_geometric.utils import coalesce, remove_self_loops, to_undirected
 
-from deqzoo.data import require
+from deqzoo.data import DataSet, Debian, check_sizes, require
 
 __all__ = [
+    "SOURCES",
     "ChainsDataModule",
     "GraphDataModule",
     "KarateDataModule",
@@ -36,6 +37,16 @@ __all__ = [
     "parse_wndb",
     "random_masks",
     "wordnet_graph",
+]
+
+#: The project's fetchable data (``python -m deqzoo.data.fetch wordnet``).
+SOURCES = [
+    DataSet(
+        "wordnet",
+        "WordNet 3.0 verb synsets with glosses, lexicographer files and pointers",
+        ("data.verb",),
+        Debian("wordnet-base", "/usr/share/wordnet"),
+    ),
 ]
 
 
@@ -310,13 +321,13 @@ class GraphDataModule(L.LightningDataModule):
     ``test_mask``.
 
     Args:
-        num_features (int, optional): Expected node features; checked at setup.
+        in_channels (int, optional): Expected node features; checked at setup.
         num_classes (int, optional): Expected classes; checked at setup.
     """
 
-    def __init__(self, num_features: int | None = None, num_classes: int | None = None) -> None:
+    def __init__(self, in_channels: int | None = None, num_classes: int | None = None) -> None:
         super().__init__()
-        self.num_features = num_features
+        self.in_channels = in_channels
         self.num_classes = num_classes
         self.data: Data | None = None
 
@@ -328,14 +339,11 @@ class GraphDataModule(L.LightningDataModule):
         if self.data is not None:
             return
         data = self.build()
-        found = {"num_features": data.num_features, "num_classes": int(data.y.max()) + 1}
-        for key, value in found.items():
-            expected = getattr(self, key)
-            if expected is not None and expected != value:
-                raise ValueError(
-                    f"{type(self).__name__}: {key}={expected} was configured but the graph has "
-                    f"{value}; set data.{key}={value}"
-                )
+        check_sizes(
+            type(self).__name__,
+            {"in_channels": self.in_channels, "num_classes": self.num_classes},
+            {"in_channels": data.num_features, "num_classes": int(data.y.max()) + 1},
+        )
         self.data = data
 
     def _loader(self) -> DataLoader:
@@ -363,7 +371,7 @@ class ChainsDataModule(GraphDataModule):
         train_frac (float, optional): Fraction of training nodes. Default 0.05.
         val_frac (float, optional): Fraction of validation nodes. Default 0.1.
         seed (int, optional): Seed of the generated graph. Default 0.
-        num_features (int, optional): Expected features (= ``num_classes``).
+        in_channels (int, optional): Expected features (= ``num_classes``).
 
     Example:
         >>> dm = ChainsDataModule(chain_length=5)
@@ -380,9 +388,9 @@ class ChainsDataModule(GraphDataModule):
         train_frac: float = 0.05,
         val_frac: float = 0.1,
         seed: int = 0,
-        num_features: int | None = None,
+        in_channels: int | None = None,
     ) -> None:
-        super().__init__(num_features, num_classes)
+        super().__init__(in_channels, num_classes)
         self.options = dict(
             num_classes=num_classes,
             chains_per_class=chains_per_class,
@@ -410,7 +418,7 @@ class WordNetDataModule(GraphDataModule):
         train_frac (float, optional): Fraction of training nodes. Default 0.3.
         val_frac (float, optional): Fraction of validation nodes. Default 0.2.
         seed (int, optional): Seed of the masks. Default 0.
-        num_features (int, optional): Expected features (= ``vocab_size``).
+        in_channels (int, optional): Expected features (= ``vocab_size``).
         num_classes (int, optional): Expected classes (15).
 
     Raises:
@@ -426,10 +434,10 @@ class WordNetDataModule(GraphDataModule):
         train_frac: float = 0.3,
         val_frac: float = 0.2,
         seed: int = 0,
-        num_features: int | None = None,
+        in_channels: int | None = None,
         num_classes: int | None = None,
     ) -> None:
-        super().__init__(num_features, num_classes)
+        super().__init__(in_channels, num_classes)
         self.root = root
         self.options = dict(
             vocab_size=vocab_size,
@@ -454,7 +462,7 @@ class KarateDataModule(GraphDataModule):
 
     Args:
         seed (int, optional): Seed of the val/test split. Default 0.
-        num_features (int, optional): Expected features (34).
+        in_channels (int, optional): Expected features (34).
         num_classes (int, optional): Expected classes (4).
 
     Example:
@@ -465,9 +473,9 @@ class KarateDataModule(GraphDataModule):
     """
 
     def __init__(
-        self, seed: int = 0, num_features: int | None = None, num_classes: int | None = None
+        self, seed: int = 0, in_channels: int | None = None, num_classes: int | None = None
     ) -> None:
-        super().__init__(num_features, num_classes)
+        super().__init__(in_channels, num_classes)
         self.seed = seed
 
     def build(self) -> Data:
@@ -495,7 +503,7 @@ class PPIDataModule(L.LightningDataModule):
         root (str): The data set folder, e.g. ``<paths.data_dir>/ppi``.
         batch_size (int, optional): Graphs per training batch. Default 2.
         num_workers (int, optional): Loader workers. Default 0.
-        num_features (int, optional): Expected features (50).
+        in_channels (int, optional): Expected features (50).
         num_classes (int, optional): Expected labels (121).
 
     Raises:
@@ -510,14 +518,14 @@ class PPIDataModule(L.LightningDataModule):
         root: str,
         batch_size: int = 2,
         num_workers: int = 0,
-        num_features: int | None = None,
+        in_channels: int | None = None,
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.num_features = num_features
+        self.in_channels = in_channels
         self.num_classes = num_classes
         self.sets: dict = {}
 
@@ -544,13 +552,11 @@ class PPIDataModule(L.LightningDataModule):
 
         self.sets = {stage: PPI(str(self.root), split=stage) for stage in self.SPLITS}
         train = self.sets["train"]
-        found = {"num_features": train.num_features, "num_classes": train.num_classes}
-        for key, value in found.items():
-            expected = getattr(self, key)
-            if expected is not None and expected != value:
-                raise ValueError(
-                    f"PPIDataModule: {key}={expected} was configured but the data has {value}"
-                )
+        check_sizes(
+            "PPIDataModule",
+            {"in_channels": self.in_channels, "num_classes": self.num_classes},
+            {"in_channels": train.num_features, "num_classes": train.num_classes},
+        )
 
     def _loader(self, stage: str) -> DataLoader:
         from torch_geometric.loader import DataLoader as GraphLoader

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Data
+from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
 
 from deqzoo.module import DEQLitModule
-from torchdeq import fp_correction
 from torchdeq.utils.checks import check_choice
 
 __all__ = ["IGNNModule"]
@@ -19,41 +19,35 @@ __all__ = ["IGNNModule"]
 TASKS = ("multiclass", "multilabel")
 
 
-def _micro_counts(logits: Tensor, y: Tensor) -> Tensor:
-    """True positives, false positives and false negatives of thresholded multi-label logits."""
-    pred, true = logits > 0, y > 0.5
-    return torch.stack([(pred & true).sum(), (pred & ~true).sum(), (~pred & true).sum()])
-
-
 class IGNNModule(DEQLitModule):
     """Trains a graph net (``IGNN`` or the ``GCN`` baseline) on PyG batches.
 
     A batch is a PyG ``Data`` (or ``Batch``). If it carries ``<stage>_mask`` (transductive sets:
     one graph, three node masks), loss and metrics use the masked nodes; otherwise all nodes
-    (inductive sets such as PPI) or all graphs (when the net pools). The loss is applied to
-    every state the net returns, weighted by :func:`torchdeq.loss.fp_correction` (one state:
-    the plain loss).
+    (inductive sets such as PPI) or all graphs (when the net pools). The base applies the
+    fixed-point correction over the states the net returns and the Jacobian regularisation.
 
-    * ``multiclass``: cross-entropy; logs ``loss`` and ``acc``.
+    * ``multiclass``: cross-entropy; logs ``loss`` and ``acc`` (torchmetrics accuracy).
     * ``multilabel``: binary cross-entropy per label; logs ``loss`` and ``f1``, the micro-F1
-      over the whole epoch (true/false positives and false negatives summed over batches).
+      over the whole epoch (torchmetrics, so counts are summed over batches and processes).
 
     After every optimiser step the net's ``project_()`` (if it has one) restores the
-    well-posedness of the implicit layers.
+    well-posedness of the implicit layers (:meth:`after_optimizer_step`).
 
     Args:
-        net (nn.Module): ``net(x, edge_index, batch=, edge_weight=, sradius_mode=)`` returning
-            ``(list of logits, info)``.
+        net (nn.Module): ``net(x, edge_index, batch=, edge_weight=, sradius_mode=, jac_loss=)``
+            returning ``(list of logits, info)``.
         optimizer (Callable[..., torch.optim.Optimizer]): A partial optimiser.
-        scheduler (Callable[..., Any], optional): A partial scheduler. Default None.
+        num_classes (int): Classes (``multiclass``) or labels (``multilabel``), for the metric.
         task (str, optional): ``'multiclass'`` or ``'multilabel'``. Default ``'multiclass'``.
-        **kwargs: ``scheduler_interval`` and ``scheduler_monitor`` of :class:`DEQLitModule`.
+        **kwargs: ``scheduler``, ``scheduler_interval``, ``scheduler_monitor`` and ``loss`` of
+            :class:`~deqzoo.module.DEQLitModule`.
 
     Example:
         >>> import functools
         >>> from projects.ignn.net import GCN
         >>> from projects.ignn.data import make_chains
-        >>> module = IGNNModule(GCN(2, 8, 2), functools.partial(torch.optim.Adam, lr=0.01))
+        >>> module = IGNNModule(GCN(2, 8, 2), functools.partial(torch.optim.Adam, lr=0.01), 2)
         >>> sorted(module.model_step(make_chains(chain_length=4), "train"))
         ['acc', 'loss']
     """
@@ -62,14 +56,19 @@ class IGNNModule(DEQLitModule):
         self,
         net: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., Any] | None = None,
+        num_classes: int,
         task: Literal["multiclass", "multilabel"] = "multiclass",
         **kwargs: Any,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, **kwargs)
+        super().__init__(net, optimizer, **kwargs)
         self.task = check_choice("task", task, TASKS)
-        # Micro-F1 needs counts summed over the epoch, not an average of per-batch scores.
-        self._counts: dict[str, Tensor] = {}
+        if self.task == "multiclass":
+            self.add_metric("acc", lambda: MulticlassAccuracy(num_classes, average="micro"))
+        else:
+            # Logits: a prediction is positive where the logit is > 0 (probability > 0.5).
+            self.add_metric(
+                "f1", lambda: MultilabelF1Score(num_classes, threshold=0.5, average="micro")
+            )
         # The stage of the running step: batch_size() gets only the batch, not the stage.
         self._stage = "train"
 
@@ -82,7 +81,7 @@ class IGNNModule(DEQLitModule):
         mask = self._mask(batch, self._stage)
         return int(mask.sum()) if mask is not None else int(batch.y.size(0))
 
-    def model_step(self, batch: Data, stage: str) -> dict[str, Tensor]:
+    def model_step(self, batch: Data, stage: str) -> dict[str, Any]:
         self._stage = stage
         logits = self(
             batch.x,
@@ -94,33 +93,16 @@ class IGNNModule(DEQLitModule):
         if mask is not None:
             logits, y = [out[mask] for out in logits], y[mask]
         if self.task == "multiclass":
-            loss = fp_correction(F.cross_entropy, (logits, y))
-            return {"loss": loss, "acc": (logits[-1].argmax(dim=-1) == y).float().mean()}
-        y = y.float()
-        loss = fp_correction(F.binary_cross_entropy_with_logits, (logits, y))
-        counts = _micro_counts(logits[-1].detach(), y)
-        self._counts[stage] = self._counts.get(stage, 0) + counts
-        return {"loss": loss}
+            loss = self.deq_loss(logits, lambda out: F.cross_entropy(out, y))
+            acc = self.metric(stage, "acc")
+            acc(logits[-1].detach(), y)
+            return {"loss": loss, "acc": acc}
+        loss = self.deq_loss(logits, lambda out: F.binary_cross_entropy_with_logits(out, y.float()))
+        f1 = self.metric(stage, "f1")
+        f1(torch.sigmoid(logits[-1].detach()), y.long())
+        return {"loss": loss, "f1": f1}
 
-    def _log_f1(self, stage: str) -> None:
-        counts = self._counts.pop(stage, None)
-        if counts is None:
-            return
-        counts = self.all_gather(counts).reshape(-1, 3).sum(dim=0).float()
-        tp, fp, fn = counts
-        self.log(f"{stage}/f1", 2 * tp / (2 * tp + fp + fn).clamp_min(1), sync_dist=False)
-
-    def on_train_epoch_end(self) -> None:
-        self._log_f1("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_f1("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_f1("test")
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
+    def after_optimizer_step(self) -> None:
         project = getattr(self.net, "project_", None)
         if project is not None:
             project()

@@ -40,6 +40,7 @@ from torch_geometric.nn import GCNConv, global_add_pool, global_max_pool, global
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import spmm, to_torch_csr_tensor
 
+from deqzoo.loss import jac_loss_at
 from torchdeq import apply_norm, get_deq
 from torchdeq.dropout import VariationalDropout
 from torchdeq.utils.checks import OptionError, check_choice
@@ -235,6 +236,7 @@ class ImplicitGraphLayer(nn.Module):
         deq: nn.Module,
         z_init: Tensor | None = None,
         sradius_mode: bool = False,
+        jac_loss: bool = False,
     ) -> tuple[list[Tensor], Mapping[str, Tensor]]:
         """Solves for the node states.
 
@@ -245,6 +247,8 @@ class ImplicitGraphLayer(nn.Module):
             z_init (Tensor, optional): Initial states ``(N, m)``; default zeros.
             sradius_mode (bool, optional): Estimate the spectral radius of the Jacobian at the
                 fixed point (evaluation only). Default False.
+            jac_loss (bool, optional): Add the Jacobian regulariser at the fixed point to the
+                info dict as ``'jac_loss'``. Default False.
 
         Returns:
             tuple[list[Tensor], Mapping[str, Tensor]]: The DEQ's states, each ``(N, m)`` (in
@@ -259,6 +263,8 @@ class ImplicitGraphLayer(nn.Module):
 
         z0 = injection.new_zeros(1, *injection.shape) if z_init is None else z_init[None]
         states, info = deq(f, z0, sradius_mode=sradius_mode)
+        if jac_loss:
+            info = {**info, "jac_loss": jac_loss_at(f, states[-1])}
         return [z[0] for z in states], info
 
 
@@ -435,6 +441,7 @@ class IGNN(nn.Module):
         batch: Tensor | None = None,
         edge_weight: Tensor | None = None,
         sradius_mode: bool = False,
+        jac_loss: bool = False,
     ) -> tuple[list[Tensor], Mapping[str, Tensor]]:
         """Computes logits.
 
@@ -444,6 +451,8 @@ class IGNN(nn.Module):
             batch (Tensor, optional): Graph index of every node ``(N,)``, for pooling.
             edge_weight (Tensor, optional): Edge weights ``(E,)``.
             sradius_mode (bool, optional): Ask the DEQs for the spectral radius. Default False.
+            jac_loss (bool, optional): Put the Jacobian regulariser (the mean over the implicit
+                layers) into the info dict as ``'jac_loss'``. Default False.
 
         Returns:
             tuple[list[Tensor], Mapping[str, Tensor]]: Logits ``(N, out)`` (or ``(G, out)``
@@ -459,7 +468,7 @@ class IGNN(nn.Module):
         infos = []
         for i, layer in enumerate(self.layers):
             z_init = self._fixed_points[i] if self.warm_start else None
-            states, info = layer(h, adj, self.deq, z_init, sradius_mode)
+            states, info = layer(h, adj, self.deq, z_init, sradius_mode, jac_loss)
             if self.warm_start:
                 self._fixed_points[i] = states[-1].detach()
             infos.append(info)
@@ -468,7 +477,10 @@ class IGNN(nn.Module):
             self.readout(_pool(F.dropout(z, self.feature_dropout, self.training), batch, self.pool))
             for z in states
         ]
-        return logits, _merge_infos(infos)
+        merged = _merge_infos([{k: v for k, v in i.items() if k != "jac_loss"} for i in infos])
+        if jac_loss:
+            merged = {**merged, "jac_loss": torch.stack([i["jac_loss"] for i in infos]).mean()}
+        return logits, merged
 
 
 class GCN(nn.Module):
@@ -520,8 +532,18 @@ class GCN(nn.Module):
         batch: Tensor | None = None,
         edge_weight: Tensor | None = None,
         sradius_mode: bool = False,
+        jac_loss: bool = False,
     ) -> tuple[list[Tensor], None]:
-        """Computes logits; the arguments are those of :meth:`IGNN.forward`."""
+        """Computes logits; the arguments are those of :meth:`IGNN.forward`.
+
+        Raises:
+            ValueError: For ``jac_loss=True``: a finite-depth net has no equilibrium.
+        """
+        if jac_loss:
+            raise ValueError(
+                "GCN has no equilibrium whose Jacobian could be regularised; "
+                "set loss.jac_loss_weight=0 loss.jac_loss_freq=0"
+            )
         h = x
         for i, conv in enumerate(self.convs):
             if i > 0:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deqzoo.loss import jac_loss_at
 from projects.mdeq.layers import MultiscaleFusion, ResidualBlock, conv3x3, group_norm
 from torchdeq import apply_norm, get_deq
 
@@ -240,7 +241,8 @@ class MDEQNet(nn.Module):
         - Input: (B, in_channels, H, W).
         - Output: ``(logits, info)``: a list of (B, num_classes) logits, one per state the DEQ
           returns (one at evaluation; ``n_states`` or ``len(indexing)`` in training), and the
-          solver statistics.
+          solver statistics; with ``jac_loss=True`` also ``info['jac_loss']``, the Jacobian
+          regulariser at the fixed point (:func:`deqzoo.loss.jac_loss_at`).
 
     Example:
         >>> net = MDEQNet(1, 10, channels=(8, 16), stem_channels=8, downsample=2,
@@ -281,7 +283,9 @@ class MDEQNet(nn.Module):
         apply_norm(self.cell, args=norm)
         self.deq = get_deq(deq)
 
-    def forward(self, x: Tensor, sradius_mode: bool = False) -> tuple[list[Tensor], Any]:
+    def forward(
+        self, x: Tensor, sradius_mode: bool = False, jac_loss: bool = False
+    ) -> tuple[list[Tensor], Any]:
         xs = self.injection(self.stem(x))
         z_init = tuple(torch.zeros_like(x_i) for x_i in xs)
 
@@ -289,4 +293,7 @@ class MDEQNet(nn.Module):
             return self.cell(zs, xs)
 
         states, info = self.deq(f, z_init, sradius_mode=sradius_mode)
+        if jac_loss:
+            # Over all branches at once: the cross-resolution blocks of J count too.
+            info = {**info, "jac_loss": jac_loss_at(f, states[-1])}
         return [self.head(zs) for zs in states], info

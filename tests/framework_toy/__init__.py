@@ -19,8 +19,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
 
 from deqzoo import ROOT
+from deqzoo.loss import jac_loss_at
 from deqzoo.module import DEQLitModule
 from torchdeq.core import get_deq
 from torchdeq.dropout import VariationalDropout
@@ -42,24 +44,31 @@ class ToyDEQNet(nn.Module):
             apply_norm(self.cell, args=norm)
         self.deq = get_deq(deq)
 
-    def forward(self, x, sradius_mode=False):
+    def forward(self, x, sradius_mode=False, jac_loss=False):
         u = self.inject(x.flatten(1))
 
         def f(z):
             return self.drop(torch.tanh(self.cell(z) + u))
 
         states, info = self.deq(f, torch.zeros_like(u), sradius_mode=sradius_mode)
+        if jac_loss:
+            info = {**info, "jac_loss": jac_loss_at(f, states[-1])}
         return [self.head(z) for z in states], info
 
 
 class ToyModule(DEQLitModule):
-    """Cross-entropy averaged over the returned states; accuracy of the last one."""
+    """Cross-entropy with the shared fixed-point correction; accuracy of the last state."""
+
+    def __init__(self, net, optimizer, num_classes=10, **kwargs):
+        super().__init__(net, optimizer, **kwargs)
+        self.add_metric("acc", lambda: MulticlassAccuracy(num_classes, average="micro"))
 
     def model_step(self, batch, stage):
         x, y = batch
         logits = self(x)
-        loss = sum(nn.functional.cross_entropy(out, y) for out in logits) / len(logits)
-        acc = (logits[-1].argmax(-1) == y).float().mean()
+        loss = self.deq_loss(logits, lambda out: nn.functional.cross_entropy(out, y))
+        acc = self.metric(stage, "acc")
+        acc(logits[-1].detach(), y)
         return {"loss": loss, "acc": acc}
 
 

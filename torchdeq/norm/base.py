@@ -12,6 +12,9 @@ graph-attached weight is the output of :class:`_Reusable`, whose backward re-run
 own graph with ``retain_graph=True``: every grad-enabled call shares it, the weight's backward
 runs once per backward pass however many calls used it, and gradient accumulation over several
 backward passes (or ``torch.utils.checkpoint`` recomputation) works without a new forward.
+The weight's graph is built outside any saved-tensor hooks (those of ``torch.utils.checkpoint``
+and ``mem_gc`` among them), so a checkpointed region that first computes the weight and its
+recomputation, which finds the weight cached, save the same tensors.
 
 The cache is keyed on the identity, storage pointer and ``_version`` of every tensor the norm
 owns (an optimizer step, ``load_state_dict`` or any in-place edit bumps ``_version``;
@@ -80,6 +83,10 @@ class _Cached(NamedTuple):
     weights: list[torch.Tensor]  # what grad-enabled calls use
     detached: list[torch.Tensor]  # what no-grad calls use and the module holds between calls
     graph: bool  # whether ``weights`` are attached to the autograd graph
+
+
+def _keep(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
 
 def _as_list(value: Any) -> list:
@@ -292,9 +299,12 @@ class BaseNorm:
             or not all(map(operator.is_, cache.tensors, tensors))
         )
         if stale and grad:
-            weights = _Reusable.apply(
-                self._weights(module), *[t for t in tensors if t.requires_grad]
-            )
+            # The weight's own graph stores its tensors plainly, even inside
+            # torch.utils.checkpoint: a checkpoint's recomputation finds the cached weight and
+            # would otherwise save fewer tensors than its forward did (a CheckpointError).
+            with torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
+                weights = self._weights(module)
+            weights = _Reusable.apply(weights, *[t for t in tensors if t.requires_grad])
             detached = [w.detach() for w in weights]
             cache = _Cached(module.training, tensors, versions, list(weights), detached, True)
         elif stale:

@@ -6,7 +6,8 @@ Equilibrium Models (DEQs): Anderson acceleration (``anderson_solver``), Broyden'
 iteration without convergence monitoring (``simple_fixed_point_iter``).
 
 Every solver is called as ``solver(func, x0, **options)`` and returns
-``(z_star, states, info)``. Unknown options raise :class:`~torchdeq.utils.checks.OptionError`.
+``(z_star, states, info)``. Unknown options are ignored with an
+:class:`~torchdeq.utils.checks.OptionWarning` (an ``OptionError`` in strict mode).
 On the CPU, Anderson and Broyden reuse their history buffers between solves of one size
 (:mod:`torchdeq.solver.workspace`; ``workspace.release()`` frees them).
 
@@ -27,8 +28,8 @@ from torchdeq.solver.anderson import anderson_solver
 from torchdeq.solver.broyden import broyden_solver
 from torchdeq.solver.fp_iter import fixed_point_iter, simple_fixed_point_iter
 from torchdeq.solver.options import named_options
-from torchdeq.solver.stat import SolverStat
-from torchdeq.utils.checks import Registry
+from torchdeq.solver.stat import SolverStat, solver_stat_from_final_step
+from torchdeq.utils.checks import OptionError, Registry
 
 __all__ = [
     "SolverStat",
@@ -37,8 +38,10 @@ __all__ = [
     "fixed_point_iter",
     "get_solver",
     "register_solver",
+    "resolve_solver",
     "simple_fixed_point_iter",
     "solver_options",
+    "solver_stat_from_final_step",
 ]
 
 _SOLVERS = Registry(
@@ -74,6 +77,38 @@ def get_solver(key: str) -> Callable:
     return _SOLVERS.lookup(key)
 
 
+def resolve_solver(solver: str | Callable) -> Callable:
+    """The solver function for a registered name, or ``solver`` itself if it is callable.
+
+    Args:
+        solver (str | callable): A key of :func:`get_solver` or a solver function (what
+            :func:`get_solver` returns and :func:`register_solver` takes).
+
+    Returns:
+        callable: The solver function.
+
+    Raises:
+        OptionError: If ``solver`` is neither a registered key nor callable.
+
+    Example:
+        >>> resolve_solver(anderson_solver) is resolve_solver('anderson')
+        True
+    """
+    if callable(solver):
+        return solver
+    if not isinstance(solver, str):
+        raise OptionError(
+            f"solver must be a registered name or a solver function, got {solver!r}; "
+            f"registered: {', '.join(repr(k) for k in sorted(_SOLVERS))}"
+        )
+    return get_solver(solver)
+
+
+def solver_name(solver: str | Callable) -> str:
+    """A name for ``solver`` in messages: the key itself, or the function's ``__name__``."""
+    return solver if isinstance(solver, str) else getattr(solver, "__name__", repr(solver))
+
+
 def register_solver(solver_type: str, solver: Callable) -> None:
     """Registers a user-defined fixed point solver under ``solver_type``.
 
@@ -103,7 +138,7 @@ def register_solver(solver_type: str, solver: Callable) -> None:
 def solver_options(solver: Callable | str) -> frozenset[str] | None:
     """The keyword options a solver accepts beyond ``(func, x0)``.
 
-    Built-in solvers reject unknown options, so their options are exactly the named
+    Built-in solvers report unknown options, so their options are exactly the named
     parameters of their signatures. A solver that takes ``**kwargs`` without declaring its
     options (through a ``strict_options`` attribute holding the names) accepts anything, and
     gets None.
@@ -121,4 +156,4 @@ def solver_options(solver: Callable | str) -> frozenset[str] | None:
         >>> sorted(solver_options('fixed_point_iter'))
         ['indexing', 'max_iter', 'return_final', 'stop_mode', 'tau', 'tol']
     """
-    return named_options(get_solver(solver) if isinstance(solver, str) else solver)
+    return named_options(resolve_solver(solver))

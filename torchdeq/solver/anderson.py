@@ -125,7 +125,8 @@ def anderson_solver(
             Default: 1.0.
         return_final (bool, optional): If True, run all steps and return the final iterate
             instead of the one with the smallest residual. Default: False.
-        **kwargs: Unknown options are rejected.
+        **kwargs: Extra arguments are ignored, with an OptionWarning naming them (an
+            OptionError in strict mode, see :func:`~torchdeq.utils.checks.strict`).
 
     Returns:
         tuple[torch.Tensor, list[torch.Tensor], SolverStat]: The fixed point estimate, the
@@ -133,7 +134,7 @@ def anderson_solver(
         :class:`~torchdeq.solver.stat.SolverStat`).
 
     Raises:
-        OptionError: For an unknown option or an invalid value.
+        OptionError: For an invalid value (or, in strict mode, an unknown option).
         ValueError: If ``func`` changes the shape of its input.
 
     Example:

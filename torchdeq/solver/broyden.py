@@ -188,7 +188,8 @@ def broyden_solver(
             up to 5 times); this reads one flag on the host per trial. Default: False.
         return_final (bool, optional): If True, run all steps and return the final iterate
             instead of the one with the smallest residual. Default: False.
-        **kwargs: Unknown options are rejected.
+        **kwargs: Extra arguments are ignored, with an OptionWarning naming them (an
+            OptionError in strict mode, see :func:`~torchdeq.utils.checks.strict`).
 
     Returns:
         tuple[torch.Tensor, list[torch.Tensor], SolverStat]: The fixed point estimate, the
@@ -196,7 +197,7 @@ def broyden_solver(
         :class:`~torchdeq.solver.stat.SolverStat`).
 
     Raises:
-        OptionError: For an unknown option or an invalid value.
+        OptionError: For an invalid value (or, in strict mode, an unknown option).
         ValueError: If ``func`` changes the shape of its input.
 
     Example:

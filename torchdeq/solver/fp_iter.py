@@ -60,7 +60,8 @@ def fixed_point_iter(
         tau (float, optional): Damping factor (step size towards ``f(z)``). Default: 1.0.
         return_final (bool, optional): If True, run all steps and return the final iterate
             instead of the one with the smallest residual. Default: False.
-        **kwargs: Unknown options are rejected.
+        **kwargs: Extra arguments are ignored, with an OptionWarning naming them (an
+            OptionError in strict mode, see :func:`~torchdeq.utils.checks.strict`).
 
     Returns:
         tuple[torch.Tensor, list[torch.Tensor], SolverStat]: The fixed point estimate, the
@@ -68,7 +69,7 @@ def fixed_point_iter(
         :class:`~torchdeq.solver.stat.SolverStat`).
 
     Raises:
-        OptionError: For an unknown option or an invalid value.
+        OptionError: For an invalid value (or, in strict mode, an unknown option).
         ValueError: If ``func`` changes the shape of its input.
 
     Example:
@@ -119,7 +120,8 @@ def simple_fixed_point_iter(
         stop_mode (str, optional): Accepted for a uniform solver interface and ignored.
         return_final (bool, optional): Accepted for a uniform solver interface and ignored
             (the final iterate is always returned).
-        **kwargs: Unknown options are rejected.
+        **kwargs: Extra arguments are ignored, with an OptionWarning naming them (an
+            OptionError in strict mode, see :func:`~torchdeq.utils.checks.strict`).
 
     Returns:
         tuple[torch.Tensor, list[torch.Tensor], SolverStat]: The approximate solution, the
@@ -127,7 +129,7 @@ def simple_fixed_point_iter(
         ``-1`` of shape ``(1, 1)``.
 
     Raises:
-        OptionError: For an unknown option or an invalid value.
+        OptionError: For an invalid value (or, in strict mode, an unknown option).
         ValueError: If ``func`` changes the shape of its input.
 
     Example:

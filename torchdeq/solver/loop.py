@@ -25,11 +25,8 @@ from torchdeq.solver.options import (
     check_real,
     check_stop_mode,
 )
-from torchdeq.solver.stat import SolverStat
+from torchdeq.solver.stat import REL_EPS, SRADIUS_NOT_COMPUTED, SolverStat
 from torchdeq.solver.tracking import INF, make_tracker
-
-#: Added to ``||f(z)||`` in the relative residual so that ``f(z) = 0`` gives a finite value.
-REL_EPS = 1e-8
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -181,6 +178,7 @@ class _Run:
         self.rule = rule
         self.max_iter = max_iter
         self.rel = stop_mode == "rel"
+        self.tol = tol
         self.wanted = wanted
         self.return_final = bool(return_final)
         self.fn = FlatMap(func, x0, where)
@@ -250,6 +248,8 @@ class _Run:
             rel_trace=rel_trace,
             nstep=nstep.to(lowest.dtype),
             nonfinite=nonfinite,
+            converged=torch.isfinite(lowest) & (lowest <= self.tol),
+            sradius=torch.full_like(abs_lowest, SRADIUS_NOT_COMPUTED),
         )
         z_star = self._unflatten(z_star)
         return z_star, [self._unflatten(states.get(j), z_star) for j in self.wanted], stat

@@ -1,4 +1,4 @@
-"""Validation of solver options: unknown names and invalid values raise OptionError."""
+"""Validation of solver options: invalid values raise OptionError, unknown names are reported."""
 
 from __future__ import annotations
 
@@ -51,11 +51,13 @@ def named_options(solver: Callable) -> frozenset[str] | None:
 
 
 def strict_options(solver: Callable) -> Callable:
-    """Makes ``solver`` reject keyword options that its signature does not name.
+    """Makes ``solver`` report keyword options that its signature does not name.
 
-    The spec keeps ``**kwargs`` in every solver signature; this wrapper turns any key that
-    lands there into an :class:`OptionError` naming it and the valid options, and records the
-    valid names in the ``strict_options`` attribute (read by ``solver_options``).
+    The spec keeps ``**kwargs`` in every solver signature ("extra arguments are ignored"); this
+    wrapper drops any key that lands there with an
+    :class:`~torchdeq.utils.checks.OptionWarning` naming it and the valid options (an
+    :class:`OptionError` in strict mode), and records the valid names in the
+    ``strict_options`` attribute (read by ``solver_options``).
 
     Args:
         solver (callable): A solver ``solver(func, x0, ..., **kwargs)``.
@@ -74,8 +76,7 @@ def strict_options(solver: Callable) -> Callable:
 
     @functools.wraps(solver)
     def checked(func: Callable, x0: Any, *args: Any, **kwargs: Any) -> Any:
-        check_kwargs(solver.__name__, {k: v for k, v in kwargs.items() if k not in names}, names)
-        return solver(func, x0, *args, **kwargs)
+        return solver(func, x0, *args, **check_kwargs(solver.__name__, kwargs, names))
 
     checked.strict_options = names
     return checked

@@ -63,7 +63,7 @@ def add_deq_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--grad",
         type=int,
         nargs="+",
-        default=_D.grad,
+        default=[_D.grad],
         help="phantom gradient steps (one value, or one per sampled state)",
     )
     g.add_argument("--tau", type=float, default=_D.tau, help="phantom gradient damping")
@@ -77,7 +77,7 @@ def add_deq_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--sup_loc",
         type=int,
         nargs="+",
-        default=_D.sup_loc,
+        default=[],
         help="phantom-gradient steps to supervise",
     )
     g.add_argument(
@@ -90,7 +90,7 @@ def add_deq_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--indexing",
         type=int,
         nargs="+",
-        default=_D.indexing,
+        default=[],
         help="solver steps at which to sample states",
     )
 
