@@ -61,7 +61,9 @@ def bench(net, batch, device, reps):
         loss.backward()
         net.zero_grad(set_to_none=True)
         times.append(_clock(device) - start)
-        memory = (torch.cuda.max_memory_allocated() - base) if device.type == "cuda" else saved.bytes
+        memory = (
+            (torch.cuda.max_memory_allocated() - base) if device.type == "cuda" else saved.bytes
+        )
     return statistics.median(times[1:]), memory
 
 
@@ -93,12 +95,18 @@ def main(argv=None):
     device = torch.device(args.device)
     torch.manual_seed(0)
     shape = (args.batch, 3, args.height, args.width)
-    batch = (torch.rand(shape, device=device), torch.rand(shape, device=device),
-             torch.randn(args.batch, 2, args.height, args.width, device=device),
-             torch.ones(args.batch, args.height, args.width, dtype=torch.bool, device=device))
+    batch = (
+        torch.rand(shape, device=device),
+        torch.rand(shape, device=device),
+        torch.randn(args.batch, 2, args.height, args.width, device=device),
+        torch.ones(args.batch, args.height, args.width, dtype=torch.bool, device=device),
+    )
     nets = {
-        "deq_flow": DEQFlow(args.size, deq={"f_max_iter": args.iters, "n_states": args.n_states,
-                                            "f_tol": 0.0}, norm={"norm_type": "weight_norm"}),
+        "deq_flow": DEQFlow(
+            args.size,
+            deq={"f_max_iter": args.iters, "n_states": args.n_states, "f_tol": 0.0},
+            norm={"norm_type": "weight_norm"},
+        ),
         "raft": RAFTFlow(args.iters, size=args.size, norm={"norm_type": "weight_norm"}),
     }
     results = {"config": vars(args)}

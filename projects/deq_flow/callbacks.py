@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+
+from deqzoo.artefacts import run_file
+from deqzoo.module import OUTPUTS
 
 from .render import epe_image, flow_to_colour, write_png
 
@@ -36,16 +38,19 @@ class FlowImages(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not trainer.is_global_zero or not isinstance(outputs, dict):
+        produced = outputs.get(OUTPUTS) if isinstance(outputs, dict) else None
+        if not trainer.is_global_zero or not produced:
             return
-        out = Path(trainer.default_root_dir) / self.folder
-        for b, name in enumerate(outputs.get("names", [])):
+        for b, name in enumerate(produced["names"]):
             if name == "synthetic":
                 continue
-            pred = outputs["flow"][b].float().cpu().numpy()
+            pred = produced["flow"][b].float().cpu().numpy()
             target = batch["flow"][b].float().cpu().numpy()
             valid = batch["valid"][b].cpu().numpy().astype(bool)
             scale = float(np.linalg.norm(target, axis=0)[valid].max()) if valid.any() else None
-            write_png(flow_to_colour(pred, scale), out / f"{name}_pred.png")
-            write_png(flow_to_colour(target, scale, valid), out / f"{name}_gt.png")
-            write_png(epe_image(pred, target, valid), out / f"{name}_error.png")
+            for kind, image in (
+                ("pred", flow_to_colour(pred, scale)),
+                ("gt", flow_to_colour(target, scale, valid)),
+                ("error", epe_image(pred, target, valid)),
+            ):
+                write_png(image, run_file(trainer, f"{self.folder}/{name}_{kind}.png"))

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deqzoo.loss import jac_loss_at
 from torchdeq import apply_norm, get_deq, reset_norm
-from torchdeq.loss import jac_reg
 from torchdeq.utils.checks import OptionError, check_choice
 
 __all__ = [
@@ -568,11 +568,7 @@ class DEQFlow(_FlowCore):
         flows = [self.upsample(h, flow) for h, flow in states]
         info["flow_low"] = states[-1][1].detach()
         if jac_loss:
-            h_star, flow_star = (s.detach() for s in states[-1])
-            z = torch.cat([h_star.flatten(1), flow_star.flatten(1)], 1).requires_grad_()
-            h, flow = z.split([h_star[0].numel(), flow_star[0].numel()], 1)
-            h1, flow1 = f(h.view_as(h_star), flow.view_as(flow_star))
-            info["jac_loss"] = jac_reg(torch.cat([h1.flatten(1), flow1.flatten(1)], 1), z)
+            info["jac_loss"] = jac_loss_at(f, states[-1])
         return flows, info
 
 
@@ -621,7 +617,10 @@ class RAFTFlow(_FlowCore):
     ):
         """Runs ``iters`` updates; returns every iterate's full-resolution flow and None."""
         if sradius_mode or jac_loss:
-            raise OptionError("RAFTFlow has no equilibrium: sradius_mode and jac_loss need DEQFlow")
+            raise OptionError(
+                "RAFTFlow has no equilibrium: sradius_mode and jac_loss need DEQFlow "
+                "(set loss.jac_loss_weight=0 loss.jac_loss_freq=0 and drop the sradius callback)"
+            )
         corr, h, context = self.prepare(image1, image2)
         flow = self.initial_flow(h, flow_init)
         if iters is None:

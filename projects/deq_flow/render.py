@@ -82,10 +82,8 @@ def epe_image(
 
 
 def write_png(image: np.ndarray, path: str | os.PathLike) -> Path:
-    """Writes an ``(H, W, 3)`` uint8 image as PNG, creating the folder."""
+    """Writes an ``(H, W, 3)`` uint8 image as PNG (its folder must exist)."""
     import imageio.v3 as iio
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, image)
-    return path
+    iio.imwrite(Path(path), image)
+    return Path(path)
