@@ -253,3 +253,32 @@ def test_flow_colours_follow_the_middlebury_wheel():
     assert tuple(image[0, 0]) == (255, 255, 255)  # zero flow is white
     assert image[0, 1, 0] == 255 and image[0, 1, 1] < 30 and image[0, 1, 2] < 60
     assert image[0, 2, 2] == 255 and image[0, 2, 0] < 30 and image[0, 2, 1] > 150
+
+
+def test_real_pairs_take_one_long_side_per_pair():
+    from projects.deq_flow.data import RealPairs
+
+    pairs = RealPairs(["motorcycle"], {"motorcycle": 160})
+    assert pairs[0]["image1"].shape == (3, 104, 160) and pairs[0]["flow"].shape == (2, 500, 741)
+    with pytest.raises(ValueError, match="unknown pairs"):
+        RealPairs(["motorcycle"], {"graffiti": 160})
+
+
+def test_cpu_time_budget_stops_training_and_ends_the_schedule():
+    from types import SimpleNamespace
+
+    from projects.deq_flow.budget import CPUTimeBudget, CPUTimeLR
+
+    stop = CPUTimeBudget(budget_s=1e-9)
+    trainer = SimpleNamespace(should_stop=False)
+    stop.on_train_start(trainer, None)
+    sum(range(10000))
+    stop.on_train_batch_end(trainer)
+    assert trainer.should_stop
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = CPUTimeLR(opt, budget_s=3600.0)
+    assert opt.param_groups[0]["lr"] < 0.01  # warming up
+    sched.budget_s = 1e-9
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)  # the final factor

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -122,24 +122,40 @@ class SyntheticPairs(Dataset):
 
 
 class RealPairs(Dataset):
-    """The real evaluation pairs, each resized to ``long_side`` (ground truth kept full size)."""
+    """The real evaluation pairs, each resized to its long side (ground truth kept full size).
+
+    Args:
+        names (Sequence[str], optional): The pairs. Default all.
+        long_side (int | Mapping[str, int] | None, optional): Working long side, one for all
+            pairs or one per pair name (a pair left out, or None: full size). Default 320.
+        opencv_root (str or Path, optional): Folder of the OpenCV samples.
+    """
 
     def __init__(
         self,
         names: Sequence[str] = REAL_PAIRS,
-        long_side: int | None = 320,
+        long_side: int | Mapping[str, int] | None = 320,
         opencv_root: str | Path | None = None,
     ) -> None:
         self.pairs = [load_real_pair(n, opencv_root) for n in names]
         self.names = list(names)
-        self.long_side = long_side
+        if isinstance(long_side, Mapping):
+            unknown = set(long_side) - set(self.names)
+            if unknown:
+                raise ValueError(
+                    f"eval_long_side names unknown pairs {sorted(unknown)}; "
+                    f"valid choices: {self.names}"
+                )
+            self.long_sides = [long_side.get(n) for n in self.names]
+        else:
+            self.long_sides = [long_side] * len(self.names)
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         p = self.pairs[i]
-        return _pair_item(p.image1, p.image2, p.flow, p.valid, i, self.long_side)
+        return _pair_item(p.image1, p.image2, p.flow, p.valid, i, self.long_sides[i])
 
 
 class SyntheticFlowDataModule(L.LightningDataModule):
@@ -157,7 +173,8 @@ class SyntheticFlowDataModule(L.LightningDataModule):
         val_seed (int, optional): Seed of the held-out split. Default 1000003.
         real_pairs (Sequence[str], optional): Evaluation pairs. Default all of
             :data:`~projects.deq_flow.pairs.REAL_PAIRS`.
-        eval_long_side (int, optional): Long side real pairs are fed at (None: full size).
+        eval_long_side (int | Mapping[str, int], optional): Long side real pairs are fed at,
+            for all or per pair (``{graffiti: 160}``; a pair left out runs at full size).
             Default 320.
         mask_occlusions (bool, optional): Train only on non-occluded pixels. Default False.
         max_layers (int, optional): Most foreground layers. Default 3.
@@ -176,7 +193,7 @@ class SyntheticFlowDataModule(L.LightningDataModule):
         val_length: int = 32,
         val_seed: int = 1000003,
         real_pairs: Sequence[str] = REAL_PAIRS,
-        eval_long_side: int | None = 320,
+        eval_long_side: int | Mapping[str, int] | None = 320,
         mask_occlusions: bool = False,
         max_layers: int = 3,
         stereo_prob: float = 0.3,
