@@ -650,7 +650,7 @@ def sequence_loss(
 
     Example:
         >>> t = torch.zeros(1, 2, 2, 2)
-        >>> float(sequence_loss([t + 1, t], t, torch.ones(1, 2, 2)))
+        >>> round(float(sequence_loss([t + 1, t], t, torch.ones(1, 2, 2))), 6)
         1.6
     """
     n = len(flows)
