@@ -13,13 +13,28 @@ from torchmetrics import Metric
 from deqzoo.loss import DEQLoss
 from deqzoo.optim import complete_scheduler, decay_groups, is_no_decay
 
-__all__ = ["DEQLitModule", "OUTPUTS"]
+__all__ = ["DEQLitModule", "OUTPUTS", "compile_cell"]
 
 #: The entry of :meth:`DEQLitModule.model_step`'s dict that is not logged but handed to the
 #: callbacks (the ``outputs`` argument of ``on_validation_batch_end`` and the like).
 OUTPUTS = "outputs"
 
 STAGES = ("train", "val", "test")
+
+
+def compile_cell(net: nn.Module) -> None:
+    """Compiles ``net.cell``, the equilibrium cell of a zoo net, in place with ``torch.compile``.
+
+    Raises:
+        ValueError: If ``net`` has no ``cell`` module.
+    """
+    cell = getattr(net, "cell", None)
+    if not isinstance(cell, nn.Module):
+        raise ValueError(
+            f"compile=true compiles the net's equilibrium cell, but {type(net).__name__} has no "
+            "`cell` module; expose the map the DEQ iterates as `self.cell`"
+        )
+    cell.compile()
 
 
 class DEQLitModule(L.LightningModule):
@@ -64,6 +79,11 @@ class DEQLitModule(L.LightningModule):
             Default ``'epoch'``.
         scheduler_monitor (str, optional): The metric a ``ReduceLROnPlateau`` scheduler watches.
             Default ``'val/loss'``.
+        compile (bool, optional): Compile the net's equilibrium cell ``net.cell`` in place with
+            ``torch.compile`` (``nn.Module.compile``: parameter names and checkpoints are
+            unchanged). The cell is what a DEQ calls dozens of times per batch; the solvers, both
+            IFT implementations, phantom gradients and the reversible core all work with it.
+            Default False.
         loss (Mapping | DEQLoss, optional): The shared loss options (``loss: ${loss}`` in the
             model node; keys of :class:`deqzoo.loss.DEQLoss`). Default None: the defaults.
 
@@ -100,6 +120,7 @@ class DEQLitModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         scheduler_monitor: str = "val/loss",
+        compile: bool = False,
         loss: Mapping[str, Any] | DEQLoss | None = None,
     ) -> None:
         super().__init__()
@@ -112,6 +133,8 @@ class DEQLitModule(L.LightningModule):
         # from loading with torch.load(weights_only=True).
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "loss"])
         self.net = net
+        if compile:
+            compile_cell(net)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         #: The DEQ ``info`` of the last forward pass (:doc:`/statistics`), which the

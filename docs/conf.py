@@ -103,7 +103,7 @@ def write_options_table() -> None:
             meaning = action.help or ""
             if action.choices:
                 meaning += f" (one of {', '.join(repr(c) for c in action.choices)})"
-            if action.nargs == "+":
+            if action.nargs == "+" and "one" not in meaning:
                 meaning += " (one or more values)"
             lines += [
                 f"   * - ``{action.dest}``",

@@ -8,7 +8,7 @@ batches of cameraman coordinates, this measures:
   the activation memory that grows with depth in an explicit net;
 - ``cache MiB``: the DEQ's fixed-point cache (one state per coordinate), memory the explicit
   nets do not need;
-- ``ms/step``: median CPU time (``time.process_time``, one thread) of a full step (forward,
+- ``ms/step``: median CPU time (``scripts/timing.py``, one thread) of a full step (forward,
   backward, Adam), after the cache has warmed up so that the solver is skipped as in training.
 
 Usage:
@@ -18,9 +18,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import hydra  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
+from timing import measure, saved_bytes  # noqa: E402
 
 from projects.deq_inr.net import count_parameters  # noqa: E402
 from torchdeq.norm import reset_norm  # noqa: E402
@@ -41,20 +40,6 @@ NETS = {
     "explicit 256 x (1+3)": ["project/deq_inr/net@model.net=explicit"],
     "explicit 400 x (1+1)": ["project/deq_inr/net@model.net=explicit", "model.net.width=400"],
 }
-
-
-def saved_bytes(step) -> int:
-    """Bytes of the distinct storages autograd saves while ``step()`` builds its graph."""
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step(backward=False)
-    return sum(seen.values())
 
 
 def bench(overrides: list[str], batch_size: int, steps: int) -> dict[str, float]:
@@ -86,18 +71,14 @@ def bench(overrides: list[str], batch_size: int, steps: int) -> dict[str, float]
     # and the solver is skipped as in training.
     for _ in range(6 * -(-data.n_coords // batch_size)):
         step()
-    times = []
-    for _ in range(steps):
-        start = time.process_time()
-        step()
-        times.append(time.process_time() - start)
+    timing = measure(step, reps=steps, rounds=1, warmup=0)
     cache = getattr(net, "cache", None)
     cache_bytes = 0 if cache is None else cache.states.nbytes + cache.residuals.nbytes
     return {
         "params": count_parameters(net),
-        "saved": saved_bytes(step) / 2**20,
+        "saved": saved_bytes(lambda: step(backward=False)) / 2**20,
         "cache": cache_bytes / 2**20,
-        "ms": 1e3 * statistics.median(times),
+        "ms": timing.cpu_ms,
     }
 
 

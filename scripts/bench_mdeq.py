@@ -7,47 +7,31 @@ and times, on random images of the configured batch sizes:
 - stem, cell, head: forward + backward of each part alone (the cell: one call with gradients);
 - eval: a forward pass of one evaluation batch in ``eval()`` mode.
 
-Times are the lowest of ``--rounds`` medians, in wall and process-CPU milliseconds. On a shared
-machine the CPU time is the steadier number (it does not count waiting for a core). The default
+Times come from the shared harness (``scripts/timing.py``): the lowest of ``--rounds`` medians,
+in wall and process-CPU milliseconds. On a shared machine the CPU time is the steadier number
+(it does not count waiting for a core). The default
 sizes are Fashion-MNIST's (1x28x28); ``--image 3 32 32`` gives CIFAR-10's.
 
 Usage:
     python scripts/bench_mdeq.py --threads 1
     python scripts/bench_mdeq.py --threads 2 model.net.channels=[32,64,128] deq.f_max_iter=4
+    python scripts/bench_mdeq.py --threads 1 --compile    # the cell under torch.compile
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import hydra
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from timing import measure
 
 from torchdeq import reset_norm
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _timed(fn: Callable[[], object], reps: int, rounds: int) -> tuple[float, float]:
-    """Lowest per-round median of wall and CPU time of ``fn``, in milliseconds."""
-    fn()  # warm-up: allocator, oneDNN kernels
-    best_wall, best_cpu = float("inf"), float("inf")
-    for _ in range(rounds):
-        walls, cpus = [], []
-        for _ in range(reps):
-            w, c = time.perf_counter(), time.process_time()
-            fn()
-            walls.append(time.perf_counter() - w)
-            cpus.append(time.process_time() - c)
-        best_wall = min(best_wall, statistics.median(walls) * 1e3)
-        best_cpu = min(best_cpu, statistics.median(cpus) * 1e3)
-    return best_wall, best_cpu
 
 
 def main() -> None:
@@ -56,6 +40,9 @@ def main() -> None:
     parser.add_argument("--image", type=int, nargs=3, default=(1, 28, 28), metavar=("C", "H", "W"))
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the cell (as model.compile=true)"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. deq.f_max_iter=4")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -64,6 +51,10 @@ def main() -> None:
         cfg = compose("train", overrides=["project=mdeq", *args.overrides])
     torch.manual_seed(0)
     net = hydra.utils.instantiate(cfg.model.net)
+    if args.compile:
+        from deqzoo.module import compile_cell
+
+        compile_cell(net)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     B, B_eval = cfg.data.batch_size, cfg.data.eval_batch_size or cfg.data.batch_size
     x = torch.randn(B, *args.image)
@@ -99,15 +90,18 @@ def main() -> None:
     }
     print(
         f"threads={args.threads} batch={B} eval_batch={B_eval} image={tuple(args.image)} "
+        f"compile={args.compile} "
         f"deq: {net.deq.extra_repr()}"
     )
     net.train()
     for name, fn in parts.items():
-        wall, cpu = _timed(fn, args.reps, args.rounds)
-        print(f"{name:>6}: wall {wall:8.1f} ms   cpu {cpu:8.1f} ms")
+        t = measure(fn, args.reps, args.rounds)
+        print(f"{name:>6}: wall {t.wall_ms:8.1f} ms   cpu {t.cpu_ms:8.1f} ms")
     net.eval()
-    wall, cpu = _timed(evaluate, args.reps, args.rounds)
-    print(f"{'eval':>6}: wall {wall:8.1f} ms   cpu {cpu:8.1f} ms  (one batch of {B_eval})")
+    t = measure(evaluate, args.reps, args.rounds)
+    print(
+        f"{'eval':>6}: wall {t.wall_ms:8.1f} ms   cpu {t.cpu_ms:8.1f} ms  (one batch of {B_eval})"
+    )
 
 
 if __name__ == "__main__":

@@ -28,11 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from timing import measure
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = ("mlp", "mlp-b1", "conv")
@@ -66,13 +66,8 @@ def make_workload(name: str):
 
 
 def median_time(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
+    """Median CPU seconds of ``fn`` over ``repeat`` calls after one warm-up (the harness)."""
+    return measure(fn, reps=repeat, rounds=1).cpu_ms / 1e3
 
 
 def worker(repeat: int, solve: int) -> dict:

@@ -26,8 +26,13 @@ alternating between them, and each cell is the minimum over ``--repeats`` measur
 default clock is the worker's CPU time (``time.process_time``), which, for single-threaded
 work, excludes the time the process waits for a core; ``--clock wall`` uses wall time.
 
+With ``--json`` the last line printed is one JSON object with, for each
+``"<solver>/<workload>"``, the keys ``ours_ms``, ``floor_ms``, ``limit_ms`` and ``original_ms``
+(null without ``--reference``), each the minimum over the repeats.
+
 Usage:
     python scripts/bench_solvers.py --reference .reference
+    python scripts/bench_solvers.py --reference .reference --json
 """
 
 from __future__ import annotations
@@ -182,10 +187,27 @@ def summarise(rows: list[dict]) -> dict:
     floor = min(r["floor"] for r in rows)
     return {
         "ms": 1e3 * solve,
+        "floor_ms": 1e3 * floor,
+        "limit_ms": 1e3 * limit,
         "x_limit": solve / limit,
         "x_floor": floor / limit,
         "nfe": rows[0]["nfe"],
     }
+
+
+def json_summary(rows: dict, cases: list[tuple[str, str]], with_original: bool) -> dict:
+    """The ``--json`` object: ``{"<solver>/<workload>": {ours_ms, floor_ms, limit_ms, original_ms}}``."""
+    out = {}
+    for case in cases:
+        ours = summarise(rows["ours", case])
+        orig = summarise(rows["original", case])["ms"] if with_original else None
+        out[f"{case[0]}/{case[1]}"] = {
+            "ours_ms": round(ours["ms"], 3),
+            "floor_ms": round(ours["floor_ms"], 3),
+            "limit_ms": round(ours["limit_ms"], 3),
+            "original_ms": None if orig is None else round(orig, 3),
+        }
+    return out
 
 
 def main() -> None:
@@ -197,6 +219,9 @@ def main() -> None:
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument(
         "--reference", default=None, help="folder holding the original torchdeq 0.1.0"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object of the times last"
     )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -238,6 +263,8 @@ def main() -> None:
             line += f" {orig['ms']:.1f} | {orig['x_limit']:.2f} | {orig['ms'] / ours['ms']:.2f}x |"
             nfe += f" / {orig['nfe']}"
         print(line + f" {nfe} |")
+    if args.json:
+        print(json.dumps(json_summary(rows, cases, bool(args.reference))))
 
 
 if __name__ == "__main__":

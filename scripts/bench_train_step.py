@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from timing import measure, saved_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,28 +45,14 @@ def worker(iters: list[int], repeats: int) -> list[dict]:
     results = []
     for n in iters:
         deq = get_deq(ift=True, f_max_iter=n, f_tol=0.0, b_max_iter=20, b_tol=0.0)
-        saved = [0]
 
-        def pack(t, saved=saved):
-            saved[0] += t.numel() * t.element_size()
-            return t
-
-        times = []
-        for _ in range(repeats + 1):
-            saved[0] = 0
-            z0 = torch.zeros(B, C, H, H)
-            t0 = time.perf_counter()
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                z_out, _ = deq(f, z0)
+        def step(deq=deq):
+            z_out, _ = deq(f, torch.zeros(B, C, H, H))
             z_out[-1].pow(2).mean().backward()
-            times.append(time.perf_counter() - t0)
-        results.append(
-            {
-                "f_max_iter": n,
-                "ms": 1e3 * statistics.median(times[1:]),
-                "saved_MiB": saved[0] / 2**20,
-            }
-        )
+
+        saved = saved_bytes(step, distinct=False)
+        timing = measure(step, reps=repeats, rounds=1)
+        results.append({"f_max_iter": n, "ms": timing.wall_ms, "saved_MiB": saved / 2**20})
     return results
 
 

@@ -11,7 +11,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -21,10 +21,10 @@ from torchdeq.dropout import reset_dropout
 from torchdeq.grad import backward_factory, check_solver_kwargs
 from torchdeq.loss import power_method
 from torchdeq.norm import reset_norm
-from torchdeq.solver import resolve_solver, solver_name
+from torchdeq.solver import is_backward_only, resolve_solver, solver_name
 from torchdeq.solver.stat import SRADIUS_NOT_COMPUTED, SolverStat
-from torchdeq.utils.checks import OptionError, Registry, check_choice, check_kwargs
-from torchdeq.utils.config import DEQConfig, get_attr
+from torchdeq.utils.checks import OptionError, Registry, check_kwargs
+from torchdeq.utils.config import DEQConfig, check_option, get_attr
 from torchdeq.utils.packing import StatePacker
 
 __all__ = ["DEQBase", "DEQIndexing", "DEQSliced", "get_deq", "register_deq", "reset_deq"]
@@ -86,7 +86,8 @@ class DEQBase(nn.Module):
         super().__init__()
         check_kwargs(type(self).__name__, kwargs, DEQConfig.keys())
         self.args = args
-        self.no_stat = bool(get_attr(args, "no_stat", no_stat))
+        option = self._reader(args)
+        self.no_stat = bool(option("no_stat", no_stat))
         f_solver = get_attr(args, "f_solver", f_solver)
         if self.no_stat and f_solver == "fixed_point_iter":
             f_solver = "simple_fixed_point_iter"
@@ -94,22 +95,19 @@ class DEQBase(nn.Module):
         self.b_solver = resolve_solver(get_attr(args, "b_solver", b_solver))
         self.f_solver_name = solver_name(f_solver)
         self.b_solver_name = solver_name(get_attr(args, "b_solver", b_solver))
-        self.f_max_iter = _count("f_max_iter", get_attr(args, "f_max_iter", f_max_iter))
-        self.b_max_iter = _count("b_max_iter", get_attr(args, "b_max_iter", b_max_iter))
-        self.f_tol = _nonnegative("f_tol", get_attr(args, "f_tol", f_tol))
-        self.b_tol = _nonnegative("b_tol", get_attr(args, "b_tol", b_tol))
-        self.f_stop_mode = check_choice(
-            "f_stop_mode", get_attr(args, "f_stop_mode", f_stop_mode), ("abs", "rel")
-        )
-        self.b_stop_mode = check_choice(
-            "b_stop_mode", get_attr(args, "b_stop_mode", b_stop_mode), ("abs", "rel")
-        )
-        self.eval_factor = float(get_attr(args, "eval_factor", eval_factor))
-        if self.eval_factor <= 0:
-            raise OptionError(f"eval_factor must be > 0, got {self.eval_factor!r}")
-        self.eval_f_max_iter = _count(
-            "eval_f_max_iter", get_attr(args, "eval_f_max_iter", eval_f_max_iter)
-        )
+        if is_backward_only(self.f_solver):
+            raise OptionError(
+                f"f_solver {self.f_solver_name!r} solves the linear backward system only; "
+                "use it as b_solver, and a fixed-point solver (e.g. 'anderson') as f_solver"
+            )
+        self.f_max_iter = option("f_max_iter", f_max_iter)
+        self.b_max_iter = option("b_max_iter", b_max_iter)
+        self.f_tol = option("f_tol", f_tol)
+        self.b_tol = option("b_tol", b_tol)
+        self.f_stop_mode = option("f_stop_mode", f_stop_mode)
+        self.b_stop_mode = option("b_stop_mode", b_stop_mode)
+        self.eval_factor = option("eval_factor", eval_factor)
+        self.eval_f_max_iter = option("eval_f_max_iter", eval_f_max_iter)
         self.f_solver_kwargs = check_solver_kwargs(
             self.f_solver,
             dict(get_attr(args, "f_solver_kwargs", f_solver_kwargs) or {}),
@@ -135,6 +133,11 @@ class DEQBase(nn.Module):
 
     # ----------------------------------------------------------------------------------------
     # shared machinery
+
+    def _reader(self, args: Any):
+        """``option(name, value)``: the checked value of ``name``; ``args`` wins over ``value``."""
+        where = type(self).__name__
+        return lambda name, value: check_option(name, get_attr(args, name, value), where)
 
     def _run(self, func, z_init, solver_kwargs, sradius_mode, backward_writer, kwargs):
         check_kwargs(f"{type(self).__name__}.forward", kwargs, ())
@@ -169,7 +172,7 @@ class DEQBase(nn.Module):
         )
         max_iter = call.pop("max_iter", None)
         if max_iter is not None:
-            max_iter = _count("f_max_iter", max_iter)
+            max_iter = check_option("f_max_iter", max_iter, "solver_kwargs")
         opts.update(call)
         return max_iter, opts
 
@@ -187,17 +190,16 @@ class DEQBase(nn.Module):
         self, args, ift, hook_ift, grad, tau, sup_gap, sup_loc, n_states, indexing
     ) -> None:
         """Creates one gradient functor per sampled state (IFT, if enabled, for the last)."""
-        self.hook_ift = bool(get_attr(args, "hook_ift", hook_ift))
-        self.ift = bool(get_attr(args, "ift", ift)) or self.hook_ift
-        self.tau = float(get_attr(args, "tau", tau))
-        self.sup_gap = int(get_attr(args, "sup_gap", sup_gap))
-        self.sup_loc = _int_list("sup_loc", get_attr(args, "sup_loc", sup_loc))
-        self.n_states = _count("n_states", get_attr(args, "n_states", n_states), minimum=1)
-        self.arg_indexing = _int_list("indexing", get_attr(args, "indexing", indexing))
-        if self.arg_indexing is not None and any(i < 1 for i in self.arg_indexing):
-            raise OptionError(f"indexing entries are solver steps >= 1, got {self.arg_indexing}")
+        option = self._reader(args)
+        self.hook_ift = option("hook_ift", hook_ift)
+        self.ift = option("ift", ift) or self.hook_ift
+        self.tau = option("tau", tau)
+        self.sup_gap = option("sup_gap", sup_gap)
+        self.sup_loc = option("sup_loc", sup_loc)
+        self.n_states = option("n_states", n_states)
+        self.arg_indexing = option("indexing", indexing)
         n = len(self.arg_indexing) if self.arg_indexing else self.n_states
-        grads = _int_list("grad", get_attr(args, "grad", grad)) or [1]
+        grads = option("grad", grad) or [1]
         if len(grads) == 1:
             grads = grads * n
         if len(grads) != n:
@@ -407,28 +409,6 @@ def _merge_stats(infos: list[SolverStat], offsets: list[int], stop_mode: str) ->
     if "nonfinite" in last:
         merged["nonfinite"] = torch.stack([i["nonfinite"] for i in infos]).any(dim=0)
     return merged
-
-
-def _count(name: str, value: Any, minimum: int = 0) -> int:
-    if isinstance(value, bool) or int(value) != value or value < minimum:
-        raise OptionError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _nonnegative(name: str, value: Any) -> float:
-    if float(value) < 0:
-        raise OptionError(f"{name} must be >= 0, got {value!r}")
-    return float(value)
-
-
-def _int_list(name: str, value: Any) -> list[int] | None:
-    """``value`` (an int or a sequence of ints) as a list; None for None or an empty list."""
-    if value is None:
-        return None
-    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v for v in values):
-        raise OptionError(f"{name} must be an int or a list of ints, got {value!r}")
-    return [int(v) for v in values] or None
 
 
 _CORES = Registry("DEQ core", {"indexing": DEQIndexing, "sliced": DEQSliced})

@@ -24,6 +24,7 @@ import torch
 
 from torchdeq.solver import resolve_solver, solver_name, solver_options
 from torchdeq.utils.checks import OptionError, check_kwargs
+from torchdeq.utils.config import check_option
 
 #: Options of a solver that the caller, not the user's option dict, controls.
 MANAGED_SOLVER_OPTIONS = frozenset({"max_iter", "tol", "stop_mode", "indexing"})
@@ -202,11 +203,13 @@ def backward_factory(
         raise OptionError(
             f"grad_type must be 'ift' or a number of phantom gradient steps >= 1, got {grad_type!r}"
         )
-    if not 0.0 < tau <= 1.0:
-        raise OptionError(f"tau must lie in (0, 1], got {tau!r}")
-    bad = [loc for loc in (sup_loc or ()) if not 1 <= loc <= grad_type]
+    tau = check_option("tau", tau, "backward_factory")
+    sup_loc = check_option("sup_loc", sup_loc, "backward_factory")
+    bad = [loc for loc in (sup_loc or ()) if loc > grad_type]
     if bad:
         raise OptionError(
             f"sup_loc entries must lie in [1, {grad_type}] (the grad steps), got {bad}"
         )
-    return _make_phantom(grad_type, float(tau), int(sup_gap), sup_loc)
+    return _make_phantom(
+        grad_type, tau, check_option("sup_gap", sup_gap, "backward_factory"), sup_loc
+    )

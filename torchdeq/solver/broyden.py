@@ -10,8 +10,9 @@ from torch import Tensor
 
 from torchdeq.solver import small
 from torchdeq.solver.loop import FlatMap, UpdateRule, solve
-from torchdeq.solver.options import check_int, strict_options
+from torchdeq.solver.options import strict_options
 from torchdeq.solver.stat import SolverStat
+from torchdeq.utils.checks import check_int
 
 # Armijo constant and the most halvings of the step a line search tries
 _ARMIJO_C = 1e-4

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 
 from torchdeq.solver.loop import UpdateRule, iterate, solve
-from torchdeq.solver.options import check_real, strict_options
+from torchdeq.solver.options import strict_options
 from torchdeq.solver.stat import SolverStat
+from torchdeq.utils.checks import check_real
 
 
 class DampedStep(UpdateRule):

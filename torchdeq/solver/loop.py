@@ -19,14 +19,9 @@ import torch
 from torch import Tensor
 
 from torchdeq.solver import workspace
-from torchdeq.solver.options import (
-    check_indexing,
-    check_int,
-    check_real,
-    check_stop_mode,
-)
 from torchdeq.solver.stat import REL_EPS, SRADIUS_NOT_COMPUTED, SolverStat
 from torchdeq.solver.tracking import INF, make_tracker
+from torchdeq.utils.checks import check_indexing, check_int, check_real, check_stop_mode
 
 _HALF = (torch.float16, torch.bfloat16)
 

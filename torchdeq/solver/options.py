@@ -1,17 +1,21 @@
-"""Validation of solver options: invalid values raise OptionError, unknown names are reported."""
+"""Which options a solver takes, and the wrapper that reports unknown ones."""
 
 from __future__ import annotations
 
 import functools
 import inspect
-import math
-import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from torchdeq.utils.checks import OptionError, check_choice, check_kwargs
-
-STOP_MODES = ("abs", "rel")
+# The value validators live in torchdeq.utils.checks; solver code also finds them here.
+from torchdeq.utils.checks import (  # noqa: F401
+    STOP_MODES,
+    check_indexing,
+    check_int,
+    check_kwargs,
+    check_real,
+    check_stop_mode,
+)
 
 _POS_ONLY = inspect.Parameter.POSITIONAL_ONLY
 _POS_OR_KW = inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -80,47 +84,3 @@ def strict_options(solver: Callable) -> Callable:
 
     checked.strict_options = names
     return checked
-
-
-def check_int(where: str, name: str, value: Any, low: int) -> int:
-    """Returns ``value`` as an int if it is an integer ``>= low``; raises OptionError otherwise."""
-    try:
-        as_int = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        as_int = None
-    if as_int is None or as_int < low:
-        raise OptionError(f"{where}: {name} must be an integer >= {low}, got {value!r}")
-    return as_int
-
-
-def check_real(
-    where: str, name: str, value: Any, low: float | None = None, strict: bool = False
-) -> float:
-    """Returns ``value`` as a float if it is a finite real above ``low`` (or equal, unless strict).
-
-    Raises:
-        OptionError: Naming ``value`` and the valid range.
-    """
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if strict else value >= low
-    if not ok:
-        bound = "" if low is None else f" {'>' if strict else '>='} {low}"
-        raise OptionError(f"{where}: {name} must be a finite number{bound}, got {value!r}")
-    return float(value)
-
-
-def check_stop_mode(value: Any) -> str:
-    """Returns ``value`` if it is ``'abs'`` or ``'rel'``; raises :class:`OptionError` otherwise."""
-    return check_choice("stop_mode", value, STOP_MODES)
-
-
-def check_indexing(where: str, indexing: Any) -> list[int]:
-    """Returns ``indexing`` as a list of step numbers ``>= 1`` (``[]`` for None)."""
-    if indexing is None:
-        return []
-    if isinstance(indexing, (str, bytes)) or not isinstance(indexing, Sequence):
-        raise OptionError(
-            f"{where}: indexing must be None or a list of steps >= 1, got {indexing!r}"
-        )
-    return [check_int(where, "every indexing entry", i, 1) for i in indexing]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from torchdeq.solver.options import check_stop_mode
+from torchdeq.utils.checks import check_stop_mode
 
 #: Every key of a :class:`SolverStat`; every solver and DEQ core fills all of them.
 STAT_KEYS = (

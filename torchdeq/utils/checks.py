@@ -9,10 +9,15 @@ solver name, ``stop_mode='rell'``, a negative ``max_iter``) always raises.
 
 from __future__ import annotations
 
+import math
+import operator
 import os
+import sys
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+STOP_MODES = ("abs", "rel")
 
 
 class OptionError(ValueError, AssertionError):
@@ -107,8 +112,25 @@ def report_unknown(where: str, names: Iterable[str], valid: Iterable[str]) -> No
             f"{where} ignores unknown option {name!r}; valid options: {valid} "
             f"(torchdeq.utils.strict(True) or {_STRICT_ENV}=1 makes this an error)",
             OptionWarning,
-            stacklevel=3,
+            stacklevel=_caller_level(),
         )
+
+
+def _library_dirs() -> tuple[str, ...]:
+    dirs = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    torch = sys.modules.get("torch")  # nn.Module.__call__ sits between user code and forward
+    if torch is not None and getattr(torch, "__file__", None):
+        dirs.append(os.path.dirname(os.path.abspath(torch.__file__)))
+    return tuple(d + os.sep for d in dirs)
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside torchdeq and torch: the user's call."""
+    skip = _library_dirs()
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _fmt(choices: Iterable[Any]) -> str:
@@ -152,3 +174,83 @@ class Registry(dict):
     def lookup(self, key: str) -> Any:
         check_choice(self.kind, key, self.keys())
         return self[key]
+
+
+def check_int(where: str, name: str, value: Any, low: int) -> int:
+    """Returns ``value`` as an int if it is an integer ``>= low``; raises OptionError otherwise.
+
+    Integral floats (``3.0``, what some configuration files give) count as integers.
+    """
+    try:
+        as_int = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        as_int = int(value) if isinstance(value, float) and value.is_integer() else None
+    if as_int is None or as_int < low:
+        raise OptionError(f"{where}: {name} must be an integer >= {low}, got {value!r}")
+    return as_int
+
+
+def check_real(
+    where: str,
+    name: str,
+    value: Any,
+    low: float | None = None,
+    strict: bool = False,
+    high: float | None = None,
+) -> float:
+    """Returns ``value`` as a float if it is a finite real in the range.
+
+    The range is above ``low`` (or equal, unless ``strict``) and at most ``high``.
+
+    Raises:
+        OptionError: Naming ``value`` and the valid range.
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if strict else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bound = "" if low is None else f" {'>' if strict else '>='} {low}"
+        bound += "" if high is None else f"{' and' if bound else ''} <= {high}"
+        raise OptionError(f"{where}: {name} must be a finite number{bound}, got {value!r}")
+    return float(value)
+
+
+def check_stop_mode(value: Any) -> str:
+    """Returns ``value`` if it is ``'abs'`` or ``'rel'``; raises :class:`OptionError` otherwise."""
+    return check_choice("stop_mode", value, STOP_MODES)
+
+
+def check_indexing(where: str, indexing: Any) -> list[int]:
+    """Returns ``indexing`` as a list of step numbers ``>= 1`` (``[]`` for None)."""
+    if indexing is None:
+        return []
+    if isinstance(indexing, (str, bytes)) or not isinstance(indexing, Sequence):
+        raise OptionError(
+            f"{where}: indexing must be None or a list of steps >= 1, got {indexing!r}"
+        )
+    return [check_int(where, "every indexing entry", i, 1) for i in indexing]
+
+
+def check_int_list(where: str, name: str, value: Any, low: int | None = None) -> list[int] | None:
+    """``value`` (an int or a sequence of ints, each ``>= low``) as a list; None for None or [].
+
+    Raises:
+        OptionError: Naming ``value`` if it is not an int or a sequence of ints.
+    """
+    if value is None:
+        return None
+    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    bad = [
+        v
+        for v in values
+        if isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or int(v) != v
+        or (low is not None and v < low)
+    ]
+    if bad:
+        bound = "" if low is None else f" >= {low}"
+        raise OptionError(f"{where}: {name} must be an int or a list of ints{bound}, got {value!r}")
+    return [int(v) for v in values] or None

@@ -19,7 +19,7 @@ import torch
 
 from torchdeq.utils.checks import Registry
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 PACKAGES = ("torchdeq", "deqzoo", "projects")
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import json
 import wave
 from pathlib import Path
 
@@ -11,16 +11,13 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from framework_toy import assert_first_losses, compose_config, quiet_trainer
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from framework_toy import compose_config, quiet_trainer  # noqa: E402
-
-from deqzoo.callbacks import DEQReset  # noqa: E402
-from deqzoo.module import OUTPUTS  # noqa: E402
-from deqzoo.train import train  # noqa: E402
-from projects.deq_inr.net import DEQINR, ExplicitINR  # noqa: E402
+from deqzoo.callbacks import DEQReset
+from deqzoo.module import OUTPUTS
+from deqzoo.train import train
+from projects.deq_inr.net import DEQINR, ExplicitINR
 
 EXPLICIT = "project/deq_inr/net@model.net=explicit"
 SMALL = ["model.net.width=32", "model.net.filter.n_features=16"]
@@ -37,23 +34,32 @@ def _tone(path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "overrides,output",
+    "overrides,output,losses",
     [
-        (["data=camera_tiny"], "reconstruction.png"),
-        (["data=camera_tiny", EXPLICIT, "model.net.width=16", "model.net.match_width=32"], None),
-        (["data=video_tiny"], "reconstruction.png"),
-        (["experiment=deq_inr/audio", "data.max_seconds=0.1", "model.net.filter.scale=50"], "wav"),
+        (["data=camera_tiny"], "reconstruction.png", (0.3928321, 0.4521757)),
+        (
+            ["data=camera_tiny", EXPLICIT, "model.net.width=16", "model.net.match_width=32"],
+            None,
+            (0.4969615, 0.6209872),
+        ),
+        (["data=video_tiny"], "reconstruction.png", (0.2631546, 0.2341511)),
+        (
+            ["experiment=deq_inr/audio", "data.max_seconds=0.1", "model.net.filter.scale=50"],
+            "wav",
+            (0.08638494, 0.06895097),
+        ),
     ],
     ids=["camera", "camera-explicit", "video", "audio"],
 )
-def test_deq_inr_fast_dev_run(overrides, output, tmp_path):
+def test_deq_inr_fast_dev_run(overrides, output, losses, tmp_path):
     if output == "wav":
         overrides = [*overrides, f"data.path={_tone(tmp_path / 'tone.wav')}"]
         output = "test_reconstruction.wav"
     cfg = compose_config(["project=deq_inr", "debug=fdr", *SMALL, *overrides], tmp_path)
     train(cfg)
-    metrics = (tmp_path / "metrics.json").read_text()
-    assert '"test/psnr"' in metrics
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "test/psnr" in metrics
+    assert_first_losses(metrics, *losses)
     assert (tmp_path / (output or "test_reconstruction.png")).is_file()
 
 

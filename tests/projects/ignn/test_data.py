@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch_geometric.utils import degree
@@ -123,34 +121,13 @@ def test_karate_masks_are_disjoint_and_cover_the_club():
     assert masks.sum(0).eq(1).all() and masks.sum(1).tolist() == [4, 15, 15]
 
 
-def write_fake_ppi(root, nodes=6, graphs=2, features=50, labels=121, seed=0):
-    """Raw files in the layout of the PPI archive: a few tiny graphs per split."""
-    rng = np.random.default_rng(seed)
-    raw = root / "raw"
-    raw.mkdir(parents=True)
-    n = nodes * graphs
-    for split in ("train", "valid", "test"):
-        links = [
-            {"source": g * nodes + i, "target": g * nodes + (i + 1) % nodes}
-            for g in range(graphs)
-            for i in range(nodes)
-        ]
-        graph = {"directed": False, "multigraph": False, "graph": {}, "links": links}
-        graph["nodes"] = [{"id": i} for i in range(n)]
-        (raw / f"{split}_graph.json").write_text(json.dumps(graph))
-        np.save(raw / f"{split}_feats.npy", rng.standard_normal((n, features)))
-        np.save(raw / f"{split}_labels.npy", rng.integers(0, 2, (n, labels)))
-        np.save(raw / f"{split}_graph_id.npy", np.repeat(np.arange(graphs) + 1, nodes))
-
-
 def test_ppi_without_files_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "raw")):
         PPIDataModule(root=str(tmp_path)).setup()
 
 
-def test_ppi_loads_the_raw_files(tmp_path):
-    write_fake_ppi(tmp_path)
-    dm = PPIDataModule(root=str(tmp_path), batch_size=2, in_channels=50, num_classes=121)
+def test_ppi_loads_the_raw_files(fake_ppi):
+    dm = PPIDataModule(root=str(fake_ppi), batch_size=2, in_channels=50, num_classes=121)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     assert batch.num_graphs == 2 and batch.x.shape == (12, 50) and batch.y.shape == (12, 121)

@@ -1,29 +1,20 @@
-"""The training framework end to end on a toy DEQ: group choices reach the built model,
-runs train, test, checkpoint, evaluate and sweep, and the DEQ callbacks do their jobs."""
+"""The training recipe end to end on a toy DEQ: group choices reach the built model, runs
+train, test, checkpoint, evaluate, sweep (2x2 multirun) and run under DDP."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import hydra
-import lightning as L
 import pytest
 import torch
-from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import open_dict
+from framework_toy import ROOT, assert_first_losses, compose_config, run_train_py
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from framework_toy import ROOT, compose_config, run_train_py  # noqa: E402
-
-import deqzoo.callbacks  # noqa: E402
-from deqzoo.callbacks import DEQReset, DEQStats  # noqa: E402
-from deqzoo.sweep import SweepSummary, read_summary  # noqa: E402
-from deqzoo.train import train  # noqa: E402
-from torchdeq.dropout import VariationalDropout  # noqa: E402
-from torchdeq.solver import get_solver  # noqa: E402
+from deqzoo.sweep import read_summary
+from deqzoo.train import train
+from torchdeq.dropout import VariationalDropout
+from torchdeq.solver import get_solver
 
 SOLVERS = sorted(p.stem for p in (ROOT / "conf" / "solver").glob("*.yaml"))
 
@@ -89,6 +80,7 @@ def test_framework_fast_dev_run_trains_tests_and_writes_metrics(tmp_path):
     cfg = compose_config(["project=toy", "debug=fdr"], tmp_path)
     value = train(cfg)
     metrics = _metrics(tmp_path)
+    assert_first_losses(metrics, 2.350939, 2.258173)
     assert value == pytest.approx(metrics["val/acc"])
     for name in ("train/loss", "val/acc", "test/acc", "test/nstep", "test/abs_residual"):
         assert name in metrics
@@ -125,79 +117,6 @@ def _val_accs(run: Path) -> list[float]:
 def test_framework_eval_without_checkpoint_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="ckpt_path"):
         train(compose_config(["project=toy", "train=false"], tmp_path))
-
-
-def test_framework_deq_reset_runs_before_every_training_step(tmp_path, monkeypatch):
-    events = []
-    monkeypatch.setattr(deqzoo.callbacks, "reset_norm", lambda m: events.append("norm"))
-    monkeypatch.setattr(deqzoo.callbacks, "reset_dropout", lambda m: events.append("dropout"))
-    cfg = compose_config(["project=toy", "debug=tiny", "trainer.max_epochs=1"], tmp_path)
-    with open_dict(cfg):
-        cfg.test = False
-    model_step = hydra.utils.get_class(cfg.model._target_).model_step
-
-    def spy(self, batch, stage):
-        events.append(stage)
-        return model_step(self, batch, stage)
-
-    monkeypatch.setattr(hydra.utils.get_class(cfg.model._target_), "model_step", spy)
-    train(cfg)
-    # 4 training batches, each after a reset of norms and masks; validation after a norm reset.
-    assert events == ["norm", "dropout", "train"] * 4 + ["norm", "val", "val"]
-
-
-def test_framework_deq_stats_summarise_known_values():
-    info = {
-        "nstep": torch.tensor([2, 6, 4]),
-        "abs_lowest": torch.tensor([0.1, 0.2, 0.6]),
-        "rel_lowest": torch.tensor([0.01, 0.02, 0.03]),
-        "nonfinite": torch.tensor([False, True, False]),
-        "converged": torch.tensor([True, False, False]),
-    }
-    got = {k: (round(float(v), 6), fx) for k, (v, fx) in DEQStats.summarise(info).items()}
-    assert got == {
-        "nstep": (4.0, "mean"),
-        "nstep_max": (6.0, "max"),
-        "abs_residual": (0.3, "mean"),
-        "rel_residual": (0.02, "mean"),
-        "nonfinite": (round(1 / 3, 6), "mean"),
-        "converged": (round(1 / 3, 6), "mean"),
-    }
-    # simple_fixed_point_iter reports -1: nothing to log.
-    assert DEQStats.summarise({"nstep": -torch.ones(1, 1)}) == {}
-
-
-def test_framework_deq_reset_redraws_dropout_masks():
-    torch.manual_seed(0)
-    module = L.LightningModule()
-    module.drop = VariationalDropout(0.5)
-    module.train()
-    x = torch.ones(4, 32)
-    first = module.drop(x)
-    assert torch.equal(module.drop(x), first)  # one mask across solver steps
-    DEQReset().on_train_batch_start(None, module, None, 0)
-    assert not torch.equal(module.drop(x), first)
-
-
-def test_framework_sweep_summary_lists_failed_jobs(tmp_path, caplog):
-    summary = SweepSummary()
-    for num, (status, value) in enumerate(
-        [(JobStatus.COMPLETED, 0.5), (JobStatus.FAILED, ValueError("unknown core 'bogus'"))]
-    ):
-        hydra_overrides = [
-            "hydra.mode=MULTIRUN",
-            f"hydra.sweep.dir={tmp_path}",
-            f"hydra.job.num={num}",
-        ]
-        cfg = compose_config(["project=toy", *hydra_overrides])
-        ret = JobReturn(overrides=[f"deq.core=c{num}"], status=status, _return_value=value)
-        summary.on_job_end(cfg, ret)
-    with caplog.at_level("INFO"):
-        summary.on_multirun_end(cfg)
-    records = read_summary(tmp_path)
-    assert [(r["status"], r["value"]) for r in records] == [("COMPLETED", 0.5), ("FAILED", None)]
-    assert "bogus" in records[1]["error"]
-    assert "2 job(s), 1 failed" in caplog.text and "deq.core=c1" in caplog.text
 
 
 def test_framework_multirun_2x2_sweeps_solvers_and_gradients(tmp_path):

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 import pytest
 import torch
+from framework_toy import CONF_DIR, compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from framework_toy import CONF_DIR, compose_config  # noqa: E402
-
-from deqzoo import ROOT  # noqa: E402
-from deqzoo.instantiate import instantiate_named  # noqa: E402
-from torchdeq.utils.config import DEQConfig  # noqa: E402
+from deqzoo import ROOT
+from deqzoo.instantiate import instantiate_named
+from torchdeq.utils.config import DEQConfig
 
 CONF = ROOT / "conf"
 GROUPS = ("solver", "grad", "norm", "dropout", "trainer", "logger", "callbacks", "debug")
@@ -95,7 +91,9 @@ def test_configs_command_line_solver_beats_project_choice():
     assert compose_config(["project=toy_broyden"]).deq.f_solver == "broyden"
     cfg = compose_config(["project=toy_broyden", "solver=anderson"])
     assert (cfg.deq.f_solver, cfg.deq.b_solver) == ("anderson", "anderson")
-    assert dict(cfg.deq.f_solver_kwargs) == {"m": 6, "lam": 1e-4, "tau": 1.0}
+    assert dict(cfg.deq.f_solver_kwargs) == {
+        "m": 6, "lam": 1e-4, "tau": 1.0, "safeguard": False, "max_weight": 1e4
+    }
 
 
 def test_configs_deq_node_holds_the_library_defaults():

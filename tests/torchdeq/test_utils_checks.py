@@ -37,6 +37,8 @@ def test_checks_forward_kwarg_warns_once_with_place_and_choices(lenient):
     (message,) = option_warnings(record)
     assert "'writer'" in message and "DEQSliced.forward" in message
     assert states[-1].shape == (2, 3)
+    # the warning points at the caller's line, not at the library's internals
+    assert [w.filename for w in record if issubclass(w.category, OptionWarning)] == [__file__]
 
 
 def test_checks_solver_kwargs_beta_to_anderson_warns_and_solves(lenient):

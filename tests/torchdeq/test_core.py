@@ -270,19 +270,6 @@ def test_one_element_grad_list_and_empty_lists_are_the_plain_values():
     )
 
 
-def test_add_deq_args_defaults_match_deqconfig():
-    from torchdeq.utils import add_deq_args
-
-    args = add_deq_args(argparse.ArgumentParser()).parse_args([])
-    # list options in their command-line form: one value as a list, None as an empty one
-    defaults = {**DEQConfig().to_dict(), "grad": [1], "indexing": [], "sup_loc": []}
-    assert {k: v for k, v in vars(args).items()} == {
-        k: v for k, v in defaults.items() if k in vars(args)
-    }
-    assert set(defaults) - set(vars(args)) == {"f_solver_kwargs", "b_solver_kwargs"}
-    assert isinstance(get_deq(args), DEQSliced)
-
-
 def test_deqconfig_rejects_unknown_keys():
     with pytest.raises(OptionError, match="f_solvr"):
         DEQConfig.from_args(None, f_solvr="anderson")

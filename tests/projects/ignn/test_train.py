@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import json
 
 import hydra
 import pytest
 import torch
+from framework_toy import assert_first_losses, compose_config, quiet_trainer
 from omegaconf import OmegaConf
 from torch_geometric.data import Data
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from framework_toy import compose_config, quiet_trainer  # noqa: E402
-from test_ignn_data import write_fake_ppi  # noqa: E402
-
-from deqzoo.callbacks import DEQReset  # noqa: E402
-from deqzoo.train import train  # noqa: E402
-from projects.ignn.module import IGNNModule  # noqa: E402
-from projects.ignn.net import GCN, IGNN  # noqa: E402
+from deqzoo.callbacks import DEQReset
+from deqzoo.train import train
+from projects.ignn.module import IGNNModule
+from projects.ignn.net import GCN, IGNN
 
 GCN_NET = "project/ignn/net@model.net=gcn"
 
@@ -32,18 +27,23 @@ def _build(overrides, tmp_path):
     return cfg, datamodule, hydra.utils.instantiate(cfg.model)
 
 
-@pytest.mark.parametrize("net", [[], [GCN_NET]], ids=["ignn", "gcn"])
-def test_ignn_fast_dev_run_on_karate(net, tmp_path):
+@pytest.mark.parametrize(
+    "net,losses",
+    [([], (1.385939, 1.393574)), ([GCN_NET], (1.358436, 1.370266))],
+    ids=["ignn", "gcn"],
+)
+def test_ignn_fast_dev_run_on_karate(net, losses, tmp_path):
     cfg = compose_config(["project=ignn", "data=karate", "debug=fdr", *net], tmp_path)
     train(cfg)
+    assert_first_losses(json.loads((tmp_path / "metrics.json").read_text()), *losses)
 
 
-def test_ignn_fast_dev_run_on_ppi_files(tmp_path):
-    write_fake_ppi(tmp_path / "ppi")
-    overrides = ["experiment=ignn/ppi", "debug=fdr", f"data.root={tmp_path / 'ppi'}"]
+def test_ignn_fast_dev_run_on_ppi_files(fake_ppi, tmp_path):
+    overrides = ["experiment=ignn/ppi", "debug=fdr", f"data.root={fake_ppi}"]
     overrides += ["model.net.hidden_channels=8", "model.net.num_layers=2"]
     cfg = compose_config(overrides, tmp_path)
     train(cfg)
+    assert_first_losses(json.loads((tmp_path / "metrics.json").read_text()), 0.6961288, 0.6991590)
 
 
 def test_ignn_one_optimisation_step_lowers_the_loss(tmp_path):

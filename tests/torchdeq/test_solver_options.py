@@ -64,7 +64,7 @@ def test_register_solver_rejects_non_callable_and_non_string(registry):
 def test_solver_options_of_builtins():
     assert solver_options("fixed_point_iter") == COMMON | {"tau"}
     assert solver_options(simple_fixed_point_iter) == COMMON | {"tau"}
-    assert solver_options(anderson_solver) == COMMON | {"m", "lam", "tau"}
+    assert solver_options(anderson_solver) == COMMON | {"m", "lam", "tau", "safeguard", "max_weight"}
     assert solver_options("broyden") == COMMON | {"LBFGS_thres", "ls"}
 
 

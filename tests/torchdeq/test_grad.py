@@ -133,8 +133,8 @@ def test_phantom_grad_matches_finite_differences_of_the_unrolled_map(k, tau):
     assert abs(fd - gW[2, 0]) < 1e-7 * max(1.0, abs(fd))
 
 
-def test_backward_factory_takes_a_solver_function_or_a_name():
-    from torchdeq.solver import anderson_solver, get_solver, register_solver
+def test_backward_factory_takes_a_solver_function_or_a_name(monkeypatch):
+    from torchdeq.solver import _SOLVERS, anderson_solver, get_solver
 
     f, params, c = make_problem()
     z_star = torch.zeros(B, D)
@@ -149,7 +149,7 @@ def test_backward_factory_takes_a_solver_function_or_a_name():
         calls.append(1)
         return anderson_solver(func, x0, **kwargs)
 
-    register_solver("own_test_solver", own_solver)
+    monkeypatch.setitem(_SOLVERS, "own_test_solver", own_solver)  # registered for this test
     solvers = ["anderson", anderson_solver, get_solver("anderson"), own_solver, "own_test_solver"]
     for b_solver in solvers:
         grad_fn = backward_factory("ift", b_solver=b_solver, b_solver_kwargs=opts)
