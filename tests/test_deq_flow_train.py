@@ -100,6 +100,8 @@ def test_experiments_build_their_nets(tmp_path):
         40,
     )
     cfg = compose_config(["project=deq_flow", "solver=anderson"], tmp_path)
+    # Lightning ignores the CPU-time stop before min_epochs.
+    assert cfg.trainer.min_epochs is None and cfg.callbacks.cpu_budget.budget_s == cfg.budget_s
     net = hydra.utils.instantiate(cfg.model.net)
     assert isinstance(net, DEQFlow) and net.deq.f_solver_name == "anderson"
 
