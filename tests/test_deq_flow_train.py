@@ -122,3 +122,11 @@ def test_a_few_optimisation_steps_lower_the_loss(tmp_path):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_module_hyperparameters_load_with_weights_only(tmp_path):
+    cfg = compose_config(["project=deq_flow", "data=flow_synthetic_tiny", *TINY_NET], tmp_path)
+    model = hydra.utils.instantiate(cfg.model)
+    torch.save({"hyper_parameters": dict(model.hparams)}, tmp_path / "hp.ckpt")
+    loaded = torch.load(tmp_path / "hp.ckpt", weights_only=True)
+    assert loaded["hyper_parameters"]["pair_names"] == ["motorcycle"]
