@@ -127,6 +127,9 @@ def test_a_few_optimisation_steps_lower_the_loss(tmp_path):
 def test_module_hyperparameters_load_with_weights_only(tmp_path):
     cfg = compose_config(["project=deq_flow", "data=flow_synthetic_tiny", *TINY_NET], tmp_path)
     model = hydra.utils.instantiate(cfg.model)
-    torch.save({"hyper_parameters": dict(model.hparams)}, tmp_path / "hp.ckpt")
+    data = hydra.utils.instantiate(cfg.data)
+    torch.save(
+        {"hyper_parameters": dict(model.hparams), "data": dict(data.hparams)}, tmp_path / "hp.ckpt"
+    )
     loaded = torch.load(tmp_path / "hp.ckpt", weights_only=True)
     assert loaded["hyper_parameters"]["pair_names"] == ["motorcycle"]

@@ -46,6 +46,19 @@ __all__ = [
 SOURCES: list = []
 
 
+def _plain_hparams(module: L.LightningDataModule) -> None:
+    """Turns config containers in ``module.hparams`` into plain lists and dicts.
+
+    Hydra passes lists and dicts as OmegaConf containers; saved as they are, the checkpoint
+    would not load with ``torch.load(weights_only=True)``.
+    """
+    for key, value in list(module.hparams.items()):
+        if isinstance(value, Mapping):
+            module.hparams[key] = dict(value)
+        elif isinstance(value, Sequence) and not isinstance(value, str):
+            module.hparams[key] = list(value)
+
+
 def working_size(height: int, width: int, long_side: int | None) -> tuple[int, int]:
     """The size (multiples of 8) a pair is fed to the model at: long side ``long_side`` at most.
 
@@ -208,6 +221,7 @@ class SyntheticFlowDataModule(L.LightningDataModule):
             if name not in REAL_PAIRS:
                 raise ValueError(f"unknown real pair {name!r}; valid choices: {list(REAL_PAIRS)}")
         self.save_hyperparameters(logger=False)
+        _plain_hparams(self)
         self.real_pairs = list(real_pairs)
         self._sets: dict[str, Dataset] = {}
 
@@ -456,6 +470,7 @@ class FlowBenchmarkDataModule(L.LightningDataModule):
             if name not in BENCHMARKS:
                 raise ValueError(f"unknown flow benchmark {name!r}; valid: {sorted(BENCHMARKS)}")
         self.save_hyperparameters(logger=False)
+        _plain_hparams(self)
         self.real_pairs = list(val)
         self._sets: dict[str, Dataset] = {}
 
