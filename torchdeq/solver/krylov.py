@@ -72,11 +72,13 @@ class GMRESRule(UpdateRule):
 
     A cycle starts from the current iterate ``x_0`` (its ``h(x_0)`` is what the loop hands in,
     so a restart costs no extra call), with ``v_1 = r_0 / ||r_0||``. Step ``j`` of the cycle
-    calls ``h`` once for ``A v_j``, orthogonalises it against ``v_1 .. v_j`` by classical
-    Gram-Schmidt applied twice (four batched products, as stable as modified Gram-Schmidt), and
-    solves the small least-squares problem ``min ||beta e_1 - H c||`` for every sample in one
-    batched call. The iterate is ``x_0 + V c`` and ``h`` there is the iterate plus the residual
-    ``V (beta e_1 - H c)``.
+    calls ``h`` once for ``A v_j`` and orthogonalises it against ``v_1 .. v_j`` by classical
+    Gram-Schmidt applied twice (four batched products, as stable as modified Gram-Schmidt). The
+    small least-squares problem ``min ||beta e_1 - H c||`` is kept solved by a QR factorisation
+    of ``H`` updated with one Givens rotation per step (``Q^T`` is held explicitly, so applying
+    the earlier rotations to the new column is one batched product), which leaves a triangular
+    solve per step. The iterate is ``x_0 + V c`` and ``h`` there is the iterate plus the
+    residual ``V Q e_j (Q^T beta e_1)_j``.
 
     Args:
         restart (int | None): Krylov vectors per cycle (the memory is ``restart + 1`` vectors
@@ -97,31 +99,34 @@ class GMRESRule(UpdateRule):
         self.j = 0
 
     def _allocate(self, capacity: int) -> None:
-        """(Re)allocates the basis and Hessenberg matrix for ``capacity`` steps, keeping both."""
+        """(Re)allocates the basis and the QR factors for ``capacity`` steps, keeping both."""
         batch, dim = self.like.shape
         like = {"dtype": self.like.dtype, "device": self.like.device}
         basis = torch.empty(batch, capacity + 1, dim, **like)
-        hess = torch.zeros(batch, capacity + 1, capacity, **like)
-        rhs = torch.zeros(batch, capacity + 1, 1, **like)
+        qt = torch.eye(capacity + 1, **like).repeat(batch, 1, 1)
+        r = torch.zeros(batch, capacity, capacity, **like)
+        gv = torch.zeros(batch, capacity + 1, **like)
         if hasattr(self, "basis"):
             old = self.capacity
             basis[:, : old + 1] = self.basis
-            hess[:, : old + 1, :old] = self.hess
-            rhs[:, : old + 1] = self.rhs
-        self.basis, self.hess, self.rhs, self.capacity = basis, hess, rhs, capacity
+            qt[:, : old + 1, : old + 1] = self.qt
+            r[:, :old, :old] = self.r
+            gv[:, : old + 1] = self.gv
+        self.basis, self.qt, self.r, self.gv, self.capacity = basis, qt, r, gv, capacity
 
     def step(self, k: int, z: Tensor, fz: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         if self.j == self.capacity:  # an unrestarted solve grows its basis as it goes
             self._allocate(min(self.size, 2 * self.capacity))
-        basis, hess = self.basis, self.hess
+        basis, qt, gv = self.basis, self.qt, self.gv
         if self.j == 0:
             self.op.reset(z, fz)
             self.x0 = z
             beta = torch.linalg.vector_norm(g, dim=1)
             torch.mul(g, _safe_div(torch.ones_like(beta), beta)[:, None], out=basis[:, 0])
-            hess.zero_()
-            self.rhs.zero_()
-            self.rhs[:, 0, 0] = beta
+            qt.copy_(torch.eye(qt.shape[-1], dtype=qt.dtype, device=qt.device))
+            self.r.zero_()
+            gv.zero_()
+            gv[:, 0] = beta
         j = self.j = self.j + 1
         w = self.op(basis[:, j - 1])
         done = basis[:, :j]
@@ -130,15 +135,30 @@ class GMRESRule(UpdateRule):
         again = torch.bmm(done, w[:, :, None])
         w = w - torch.bmm(done.mT, again)[:, :, 0]
         norm = torch.linalg.vector_norm(w, dim=1)
-        hess[:, :j, j - 1] = (coef + again)[:, :, 0]
-        hess[:, j, j - 1] = norm
         # an exact breakdown (norm 0) means the residual is 0: the new vector is 0 too
         torch.mul(w, _safe_div(torch.ones_like(norm), norm)[:, None], out=basis[:, j])
-        h, rhs = hess[:, : j + 1, :j], self.rhs[:, : j + 1]
-        c = _least_squares(h, rhs)
-        s = rhs - torch.bmm(h, c)  # the residual in the basis
+        # the new Hessenberg column, through the earlier rotations (row j of Q^T is still e_j)
+        col = torch.bmm(qt[:, :j, :j], (coef + again))[:, :, 0]
+        a = col[:, j - 1]
+        den = torch.sqrt(a * a + norm * norm)
+        cos = torch.where(den == 0, torch.ones_like(den), a / torch.where(den == 0, 1.0, den))
+        sin = _safe_div(norm, den)
+        rows = qt[:, j - 1 : j + 1, : j + 1].clone()
+        qt[:, j - 1, : j + 1] = cos[:, None] * rows[:, 0] + sin[:, None] * rows[:, 1]
+        qt[:, j, : j + 1] = cos[:, None] * rows[:, 1] - sin[:, None] * rows[:, 0]
+        g_top = gv[:, j - 1].clone()
+        gv[:, j - 1] = cos * g_top
+        gv[:, j] = -sin * g_top
+        col[:, j - 1] = den
+        self.r[:, :j, j - 1] = col
+        r = self.r[:, :j, :j]
+        # a zero pivot belongs to a sample whose residual is already 0: its weight is 0
+        r_safe = r + torch.diag_embed((torch.diagonal(r, dim1=1, dim2=2) == 0).to(r.dtype))
+        c = torch.linalg.solve_triangular(r_safe, gv[:, :j, None], upper=True)
         y = torch.baddbmm(self.x0[:, None], c.mT, done)[:, 0]
-        hy = torch.baddbmm(y[:, None], s.mT, basis[:, : j + 1])[:, 0]
+        # the residual beta e_1 - H c in the basis is Q e_j times (Q^T beta e_1)_j
+        s = qt[:, j, : j + 1] * gv[:, j, None]
+        hy = torch.baddbmm(y[:, None], s[:, None], basis[:, : j + 1])[:, 0]
         if j == self.size:
             self.j = 0  # the next step restarts from y, with h(y) = hy
         return y, hy
@@ -146,23 +166,6 @@ class GMRESRule(UpdateRule):
 
 #: Krylov vectors allocated before a long cycle first grows its basis (then doubled as needed).
 _FIRST_CAPACITY = 32
-
-
-def _least_squares(h: Tensor, rhs: Tensor) -> Tensor:
-    """Per-sample ``argmin_c ||rhs - h c||`` for ``(B, j+1, j)`` upper Hessenberg ``h``.
-
-    On the CPU the rank-revealing driver copes with the zero columns of samples whose space
-    stopped growing (their extra coefficients come out 0). Elsewhere only full-rank QR is
-    available, so such columns are replaced by unit columns in rows that carry no residual.
-    """
-    if h.device.type == "cpu":
-        return torch.linalg.lstsq(h, rhs, driver="gelsy").solution
-    j = h.shape[-1]
-    diag = torch.arange(j, device=h.device)
-    dead = torch.linalg.vector_norm(h, dim=1) == 0  # (B, j)
-    h = h.clone()
-    h[:, diag + 1, diag] = torch.where(dead, 1.0, h[:, diag + 1, diag])
-    return torch.linalg.lstsq(h, rhs).solution
 
 
 class BiCGStabRule(UpdateRule):
