@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import hydra
 import pytest
 import torch
+from framework_toy import compose_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from framework_toy import compose_config  # noqa: E402
-from test_deq_flow_data import write_fake_benchmarks  # noqa: E402
-
-from deqzoo.train import train  # noqa: E402
-from projects.deq_flow.net import DEQFlow, RAFTFlow  # noqa: E402
+from deqzoo.train import train
+from projects.deq_flow.net import DEQFlow, RAFTFlow
 
 TINY_NET = [
     "model.net.size=small",
@@ -70,11 +64,12 @@ def test_default_fast_dev_run_writes_metrics_and_flow_images(tmp_path):
 @pytest.mark.parametrize(
     "name", ["chairs_b", "things_b", "sintel_b", "kitti_b", "chairs_h", "things_h"]
 )
-def test_paper_experiments_fast_dev_run_on_files_in_the_benchmark_formats(name, tmp_path):
-    write_fake_benchmarks(tmp_path / "flow")
+def test_paper_experiments_fast_dev_run_on_files_in_the_benchmark_formats(
+    name, tmp_path, fake_benchmarks
+):
     # The recipes' own model sizes (B, H), on tiny crops.
     metrics = _run(
-        [f"experiment=deq_flow/{name}", f"data.root={tmp_path / 'flow'}", *PAPER],
+        [f"experiment=deq_flow/{name}", f"data.root={fake_benchmarks}", *PAPER],
         tmp_path,
         tiny=False,
     )
