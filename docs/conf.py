@@ -41,6 +41,8 @@ autodoc_default_options = {"show-inheritance": True}
 autodoc_inherit_docstrings = False
 
 myst_heading_anchors = 3
+# The READMEs are written for GitHub, where skipping a heading level (## to ####) is harmless.
+suppress_warnings = ["myst.header"]
 myst_enable_extensions = ["dollarmath"]
 
 # -- The zoo: one page per ``projects/<name>/README.md`` ------------------------------------
@@ -140,13 +142,35 @@ def _public_bases(app, name, obj, options, bases: list) -> None:
     bases[:] = list(dict.fromkeys(_public_base(b) for b in bases))
 
 
+def _importable(path: str) -> bool:
+    """Whether the dotted ``path`` names a module of ours, or an object in one."""
+    import importlib
+
+    if path.split(".")[0] not in ("torchdeq", "deqzoo", "projects"):
+        return False
+    parts = path.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for name in parts[cut:]:
+                obj = getattr(obj, name)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
 def _resolve_short_names(app, env, node, contnode):
     """Resolves ``:class:`OptionError``` from any module to the one documented object so named.
 
     Docstrings name objects the way their own module imports them; the page documents each
     object once, under its public path. References to private names render as plain code, and
     so do the undotted words of docstring types that name nothing documented ("int, optional",
-    "Tensor or tuple of Tensors", "callable").
+    "Tensor or tuple of Tensors", "callable") and the dotted paths of internal modules and
+    objects that exist but have no section. A path that names nothing stays an error.
     """
     if node.get("refdomain") != "py":
         return None
@@ -161,7 +185,10 @@ def _resolve_short_names(app, env, node, contnode):
     ]
     if len(matches) != 1:
         # type fields and annotations make "specific" references; explicit roles do not
-        return contnode if node.get("refspecific") and "." not in target and not matches else None
+        if node.get("refspecific") and "." not in target and not matches:
+            return contnode
+        # an internal module or object that exists but has no section: plain code, no link
+        return contnode if not matches and _importable(target) else None
     from sphinx.util.nodes import make_refnode
 
     entry = objects[matches[0]]

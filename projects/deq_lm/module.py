@@ -145,6 +145,15 @@ class LMModule(DEQLitModule):
         )
         for logger in self.loggers:
             logger.log_metrics({"params": float(n)}, step=0)
+        self._fit_clock = (time.perf_counter(), time.process_time())
+
+    def on_train_end(self) -> None:
+        # On a shared machine the process CPU time is the fairer measure of what a run cost.
+        wall = time.perf_counter() - self._fit_clock[0]
+        cpu = time.process_time() - self._fit_clock[1]
+        log.info("training: %.0f s wall, %.0f s process CPU, %d steps", wall, cpu, self.global_step)
+        for logger in self.loggers:
+            logger.log_metrics({"fit_wall_s": wall, "fit_cpu_s": cpu}, step=int(self.global_step))
 
     # -- optimisation --------------------------------------------------------------------------
 
