@@ -254,6 +254,22 @@ def test_solver_keeps_low_precision_dtype(name: str, dtype: torch.dtype):
         assert info["abs_trace"].dtype == torch.float32
 
 
+@pytest.mark.parametrize("name", SOLVERS)
+def test_solver_takes_a_half_precision_map_under_autocast(name: str):
+    # Under CPU autocast a float32 state goes in and Linear gives bfloat16 out; the solver
+    # keeps its float32 state (and its host-side algebra) and still finds the fixed point.
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 8)
+    with torch.no_grad():
+        layer.weight.mul_(0.3)
+    x0 = torch.zeros(4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_star, _, _ = get_solver(name)(lambda z: torch.tanh(layer(z)), x0, max_iter=40, tol=0)
+    assert z_star.dtype == torch.float32
+    residual = torch.tanh(layer(z_star)) - z_star
+    assert residual.abs().max() < 2e-2
+
+
 def test_simple_fixed_point_iter_returns_dummy_stats():
     _, _, info = get_solver("simple_fixed_point_iter")(torch.cos, torch.zeros(3), max_iter=2)
     assert set(info) == set(STAT_KEYS)

@@ -43,11 +43,22 @@ class FlatMap:
         self.reshape = x0.dim() != 2  # (B, D) iterates are already in the user's shape
         self.flat_shape = (x0.shape[0] if x0.dim() else 1, -1)
         self.where = where
+        # The solve runs with autocast off (its Gram rows and norms stay in the work dtype);
+        # f runs under the caller's autocast, if any.
+        self.device_type = x0.device.type
+        autocast = torch.is_autocast_enabled(self.device_type)
+        self.autocast_dtype = torch.get_autocast_dtype(self.device_type) if autocast else None
 
     def __call__(self, z: Tensor) -> Tensor:
         if self.reshape:
             z = z.view(self.shape)
-        out = self.func(z.to(self.dtype) if self.cast else z)
+        work = z.dtype
+        z = z.to(self.dtype) if self.cast else z
+        if self.autocast_dtype is None:
+            out = self.func(z)
+        else:
+            with torch.autocast(self.device_type, dtype=self.autocast_dtype):
+                out = self.func(z)
         if not isinstance(out, Tensor):
             raise TypeError(f"{self.where}: f must return a tensor, got {type(out).__name__}")
         if out.shape != self.shape:
@@ -60,7 +71,9 @@ class FlatMap:
             out = out.detach()
         if self.reshape:
             out = out.reshape(self.flat_shape)
-        return out.to(z.dtype) if self.cast else out
+        # the solver works in one dtype: a half-precision f(z) (half inputs, or autocast
+        # inside f) is promoted to it
+        return out if out.dtype == work else out.to(work)
 
 
 class UpdateRule:
@@ -161,8 +174,9 @@ def solve(
     tol = 0.0 if tol is None else check_real(where, "tol", tol)
     stop_mode = check_stop_mode(stop_mode)
     wanted = check_indexing(where, indexing)
-    with torch.no_grad():
-        return _Run(func, x0, rule, where, max_iter, tol, stop_mode, wanted, return_final).go()
+    run = _Run(func, x0, rule, where, max_iter, tol, stop_mode, wanted, return_final)
+    with torch.no_grad(), torch.autocast(x0.device.type, enabled=False):
+        return run.go()
 
 
 class _Run:
