@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import hydra
+import lightning as L
 import pytest
+from framework_toy import compose_config, quiet_trainer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import lightning as L  # noqa: E402
-from framework_toy import compose_config, quiet_trainer  # noqa: E402
-
-from deqzoo.train import train  # noqa: E402
+from deqzoo.train import train
 
 TINY = [
     "data=diffusion_digits",

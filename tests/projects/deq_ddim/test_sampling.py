@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from projects.deq_ddim.net import NoiseSchedule, UNet
+from projects.deq_ddim.net import NoiseSchedule
 from projects.deq_ddim.sampling import (
     PARAMS,
     DDIMSystem,
@@ -16,33 +16,6 @@ from projects.deq_ddim.sampling import (
     deq_sample,
 )
 from torchdeq import get_deq
-
-
-class TinyModel(torch.nn.Module):
-    """A tiny UNet as a noise model whose clean-image predictions stay inside (-1, 1).
-
-    An untrained UNet's noise predictions make ``x0_hat`` explode at high noise (every value
-    clipped, the chain insensitive to its input); this one predicts the noise that goes with
-    ``x0_hat = 0.8 tanh(unet(x, t) + 0.3 x)``.
-    """
-
-    def __init__(self, seed: int, dtype):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.unet = UNet(channels=(4, 8), groups=2, attention=True).to(dtype)
-        for p in self.unet.parameters():  # the zero-initialised output layers get weights
-            if p.dim() > 1 and not p.detach().any():
-                torch.nn.init.normal_(p, std=0.3)
-        self.abar = NoiseSchedule(1000).alphas_cumprod.to(dtype)
-
-    def forward(self, x, t):
-        a = self.abar[t].view(-1, 1, 1, 1)
-        x0 = 0.8 * torch.tanh(self.unet(x, t) + 0.3 * x)
-        return (x - a.sqrt() * x0) / (1 - a).sqrt()
-
-
-def tiny_unet(seed: int = 0, dtype=torch.float64) -> TinyModel:
-    return TinyModel(seed, dtype).eval()
 
 
 def test_ddim_step_matches_a_hand_computed_step():
@@ -74,7 +47,7 @@ def test_ddim_step_matches_a_hand_computed_step():
 
 
 @pytest.mark.parametrize("param", PARAMS)
-def test_joint_fixed_point_is_the_sequential_chain(param):
+def test_joint_fixed_point_is_the_sequential_chain(tiny_unet, param):
     net = tiny_unet()
     sched = NoiseSchedule(1000)
     x_T = torch.randn(3, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -95,7 +68,7 @@ def test_joint_fixed_point_is_the_sequential_chain(param):
         assert (sys.sample_of(sys.picard(x_T, steps - 1), x_T) - reference).abs().max() > 1e-6
 
 
-def test_batched_calls_equal_per_timestep_calls():
+def test_batched_calls_equal_per_timestep_calls(tiny_unet):
     net = tiny_unet(seed=2)
     sys = DDIMSystem(net, NoiseSchedule(1000), steps=5)
     xs = torch.randn(2, 5, 1, 4, 4, dtype=torch.float64)
@@ -109,7 +82,7 @@ def test_batched_calls_equal_per_timestep_calls():
         assert torch.allclose(sys.batched_x0(xs), batched, atol=1e-13, rtol=0)
 
 
-def test_deq_sample_traces_reach_the_reference():
+def test_deq_sample_traces_reach_the_reference(tiny_unet):
     net = tiny_unet(seed=3)
     sched = NoiseSchedule(1000)
     x_T = torch.randn(2, 1, 4, 4, dtype=torch.float64)
@@ -122,7 +95,7 @@ def test_deq_sample_traces_reach_the_reference():
     assert traces["rms"][:, 0].min() > 1e-3 and traces["rms"][:, -1].max() < 1e-12
 
 
-def test_coarse_warm_start_is_exact_when_as_fine_as_the_chain():
+def test_coarse_warm_start_is_exact_when_as_fine_as_the_chain(tiny_unet):
     net = tiny_unet(seed=4)
     sched = NoiseSchedule(1000)
     x_T = torch.randn(2, 1, 4, 4, dtype=torch.float64)
@@ -135,11 +108,13 @@ def test_coarse_warm_start_is_exact_when_as_fine_as_the_chain():
             assert sys.coarse_init(x_T, 2).shape == z.shape
 
 
-def test_ddpm_sample_is_finite_and_clipped_at_the_end():
+def test_ddpm_sample_is_finite_and_clipped_at_the_end(tiny_unet):
     net = tiny_unet(seed=5, dtype=torch.float32)
     sched = NoiseSchedule(50)
     with torch.no_grad():
-        x = ddpm_sample(net, sched, torch.randn(2, 1, 4, 4), generator=torch.Generator().manual_seed(0))
+        x = ddpm_sample(
+            net, sched, torch.randn(2, 1, 4, 4), generator=torch.Generator().manual_seed(0)
+        )
     assert torch.isfinite(x).all() and x.abs().max() <= 1.0 + 1e-5
 
 
@@ -167,8 +142,11 @@ def test_triangular_anderson_solves_a_block_triangular_system():
     assert info["nstep"].shape == (2,)
     # a DEQ takes it as its solver, with the block count per call
     layer = get_deq(f_solver=triangular_anderson, f_solver_kwargs={"m": T, "lam": 0.0})
-    (z2,), _ = layer.eval()(lambda z: z @ A.T + b, torch.zeros_like(b),
-                            solver_kwargs={"blocks": T, "f_tol": 1e-10, "f_max_iter": 40})
+    (z2,), _ = layer.eval()(
+        lambda z: z @ A.T + b,
+        torch.zeros_like(b),
+        solver_kwargs={"blocks": T, "f_tol": 1e-10, "f_max_iter": 40},
+    )
     assert torch.allclose(z2, exact, atol=1e-8)
     with pytest.raises(ValueError, match="equal blocks"):
         triangular_anderson(lambda z: z, torch.zeros(1, 7), blocks=3)

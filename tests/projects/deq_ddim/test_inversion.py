@@ -5,10 +5,9 @@ import torch
 from projects.deq_ddim.inversion import SavedBytes, ddim_invert, invert_deq, invert_unrolled, psnr
 from projects.deq_ddim.net import NoiseSchedule
 from projects.deq_ddim.sampling import ddim_sample
-from tests.test_deq_ddim_sampling import tiny_unet
 
 
-def _problem(steps=4):
+def _problem(tiny_unet, steps=4):
     net = tiny_unet(seed=7, dtype=torch.float32)
     for p in net.parameters():
         p.requires_grad_(False)
@@ -44,8 +43,8 @@ def test_analytic_inversion_inverts_the_ode():
     assert abs(float(x_T.std()) - 1.0) < 0.3
 
 
-def test_inversion_reduces_the_loss():
-    net, sched, target = _problem()
+def test_inversion_reduces_the_loss(tiny_unet):
+    net, sched, target = _problem(tiny_unet)
     start = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(5))
     unrolled = invert_unrolled(net, sched, target, 4, start, iters=6, lr=0.2)
     assert unrolled.loss[-1] < 0.5 * unrolled.loss[0]
@@ -56,9 +55,9 @@ def test_inversion_reduces_the_loss():
     assert through.psnr[-1] > through.psnr[0]
 
 
-def test_deq_gradient_with_ift_matches_backprop_through_the_chain():
+def test_deq_gradient_with_ift_matches_backprop_through_the_chain(tiny_unet):
     # at the exact fixed point the implicit gradient is the chain's gradient
-    net, sched, target = _problem(steps=3)
+    net, sched, target = _problem(tiny_unet, steps=3)
     x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(6))
     sgd = torch.optim.SGD
     a = invert_unrolled(net, sched, target, 3, x_T, iters=1, lr=100.0, optimizer=sgd)
