@@ -14,8 +14,8 @@ from torchdeq.core import DEQBase, DEQIndexing, DEQSliced, get_deq, register_deq
 from torchdeq.dropout import reset_dropout
 from torchdeq.grad import backward_factory
 from torchdeq.loss import fp_correction, jac_reg, power_method
-from torchdeq.reversible import ReversibleDEQ  # registers core='reversible'
 from torchdeq.norm import apply_norm, register_norm, register_norm_module, remove_norm, reset_norm
+from torchdeq.reversible import ReversibleDEQ  # registers core='reversible'
 from torchdeq.solver import get_solver, register_solver
 from torchdeq.utils import DEQConfig, add_deq_args, mem_gc, mixed_init
 

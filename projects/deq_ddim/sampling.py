@@ -33,9 +33,8 @@ exact after ``T`` iterations. :class:`DDIMSystem` offers three parametrisations 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn

@@ -28,8 +28,8 @@ from torch import Tensor
 
 from torchdeq.solver.loop import FlatMap, UpdateRule, solve
 from torchdeq.solver.options import strict_options
-from torchdeq.utils.checks import check_int, check_real
 from torchdeq.solver.stat import SolverStat
+from torchdeq.utils.checks import check_int, check_real
 
 __all__ = ["TriangularAndersonMixing", "triangular_anderson"]
 

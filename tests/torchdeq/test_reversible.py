@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from problems import DTYPE
 
-from torchdeq import ReversibleDEQ, get_deq
+from torchdeq import get_deq
 from torchdeq.reversible import _Run
 from torchdeq.utils.checks import OptionError
 

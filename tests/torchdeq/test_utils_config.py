@@ -9,9 +9,9 @@ from omegaconf import OmegaConf
 
 from torchdeq.core import DEQBase, DEQIndexing, DEQSliced
 from torchdeq.grad import backward_factory
-from torchdeq.reversible import ReversibleDEQ
 from torchdeq.norm.spectral_norm import SpectralNorm
 from torchdeq.norm.weight_norm import WeightNorm
+from torchdeq.reversible import ReversibleDEQ
 from torchdeq.utils import add_deq_args
 from torchdeq.utils.args import command_line_default
 from torchdeq.utils.checks import OptionError
