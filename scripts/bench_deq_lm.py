@@ -23,10 +23,10 @@ import math
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+from timing import measure
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -72,13 +72,9 @@ def _one_config(mode: str, depth: int, grad: str, batch: int, tgt_len: int) -> d
 
     step()  # warm-up: allocator, weight caches
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times, saved = [], 0
-    for _ in range(3):
-        t0 = time.process_time()
-        saved = step()
-        times.append(time.process_time() - t0)
+    saved = step()
+    seconds = measure(step, reps=3, rounds=1, warmup=0).cpu_ms / 1e3  # the shared harness
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    seconds = sorted(times)[1]
     return dict(
         mode=mode,
         depth=depth,

@@ -61,6 +61,12 @@ def test_deq_inr_fast_dev_run(overrides, output, losses, tmp_path):
     assert "test/psnr" in metrics
     assert_first_losses(metrics, *losses)
     assert (tmp_path / (output or "test_reconstruction.png")).is_file()
+    # The callbacks' curve and summary: one validation, after the one training step.
+    rows = (tmp_path / "psnr_curve.csv").read_text().splitlines()
+    assert rows[0] == "seconds,step,psnr" and len(rows) == 2
+    assert float(rows[1].split(",")[2]) == pytest.approx(metrics["val/psnr"], abs=1e-3)
+    summary = json.loads((tmp_path / "inr_summary.json").read_text())
+    assert summary["steps"] == 1 and summary["parameters"] > 0 and summary["peak_rss_mib"] > 0
 
 
 def test_deq_inr_one_optimisation_step_lowers_the_loss(tmp_path):
