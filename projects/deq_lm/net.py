@@ -95,19 +95,6 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
-def _prime_norms(block: nn.Module, x: Tensor) -> None:
-    """Has every linear of ``block`` build its graph-attached normalised weight now.
-
-    A norm computes that weight at its first grad-enabled call and caches it; if the first
-    call happens inside a checkpointed region, the recomputation finds the weight cached and
-    saves fewer tensors than the forward did, which ``torch.utils.checkpoint`` rejects. A call
-    on an empty input costs nothing and moves the computation out of the region.
-    """
-    for module in block.modules():
-        if isinstance(module, nn.Linear):
-            module(x.new_empty(0, module.in_features))
-
-
 class MemoryAttention(nn.Module):
     """Causal multi-head self-attention of a segment over [memory; segment], rotary positions.
 
@@ -458,7 +445,6 @@ class TransformerLM(nn.Module):
 
         func = f
         if self.use_mem_gc and self.training and torch.is_grad_enabled():
-            _prime_norms(block, x)
 
             def func(z: Tensor) -> Tensor:
                 if not torch.is_grad_enabled():  # the no-grad solve stores nothing anyway
