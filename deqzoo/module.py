@@ -7,19 +7,42 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torchmetrics import Metric
 
 from deqzoo.loss import DEQLoss
 from deqzoo.optim import complete_scheduler, decay_groups, is_no_decay
 
-__all__ = ["DEQLitModule", "OUTPUTS", "compile_cell"]
+__all__ = ["DEQLitModule", "OUTPUTS", "compile_cell", "plain_hparams"]
 
 #: The entry of :meth:`DEQLitModule.model_step`'s dict that is not logged but handed to the
 #: callbacks (the ``outputs`` argument of ``on_validation_batch_end`` and the like).
 OUTPUTS = "outputs"
 
 STAGES = ("train", "val", "test")
+
+
+def plain_hparams(module: L.LightningModule | L.LightningDataModule) -> None:
+    """Turns the config containers in ``module.hparams`` into plain dicts and lists.
+
+    Hydra passes nested config nodes as OmegaConf containers; saved into a checkpoint as they
+    are, they keep it from loading with ``torch.load(weights_only=True)``, which Lightning does
+    when a run tests its best checkpoint. Call it right after ``save_hyperparameters``.
+
+    Example:
+        >>> import lightning as L
+        >>> class Data(L.LightningDataModule):
+        ...     def __init__(self, sizes):
+        ...         super().__init__()
+        ...         self.save_hyperparameters()
+        ...         plain_hparams(self)
+        >>> type(Data(OmegaConf.create([1, 2])).hparams["sizes"]).__name__
+        'list'
+    """
+    for key, value in list(module.hparams.items()):
+        if isinstance(value, DictConfig | ListConfig):
+            module.hparams[key] = OmegaConf.to_container(value, resolve=True)
 
 
 def compile_cell(net: nn.Module) -> None:
@@ -132,6 +155,7 @@ class DEQLitModule(L.LightningModule):
         # config (saved by Hydra with the run): pickling them into the checkpoint would keep it
         # from loading with torch.load(weights_only=True).
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "loss"])
+        plain_hparams(self)
         self.net = net
         if compile:
             compile_cell(net)

@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from deqzoo.module import plain_hparams
+
 from .formats import read_flo, read_image, read_kitti_flow, read_pfm
 from .pairs import REAL_PAIRS, load_real_pair, resize_images
 from .synthetic import LayeredFlow, flip_pair, load_photos, photometric_augment
@@ -44,19 +46,6 @@ __all__ = [
 
 # Sources shared with other projects (opencv_samples) are declared in deqzoo.
 SOURCES: list = []
-
-
-def _plain_hparams(module: L.LightningDataModule) -> None:
-    """Turns config containers in ``module.hparams`` into plain lists and dicts.
-
-    Hydra passes lists and dicts as OmegaConf containers; saved as they are, the checkpoint
-    would not load with ``torch.load(weights_only=True)``.
-    """
-    for key, value in list(module.hparams.items()):
-        if isinstance(value, Mapping):
-            module.hparams[key] = dict(value)
-        elif isinstance(value, Sequence) and not isinstance(value, str):
-            module.hparams[key] = list(value)
 
 
 def working_size(height: int, width: int, long_side: int | None) -> tuple[int, int]:
@@ -221,7 +210,7 @@ class SyntheticFlowDataModule(L.LightningDataModule):
             if name not in REAL_PAIRS:
                 raise ValueError(f"unknown real pair {name!r}; valid choices: {list(REAL_PAIRS)}")
         self.save_hyperparameters(logger=False)
-        _plain_hparams(self)
+        plain_hparams(self)
         self.real_pairs = list(real_pairs)
         self._sets: dict[str, Dataset] = {}
 
@@ -470,7 +459,7 @@ class FlowBenchmarkDataModule(L.LightningDataModule):
             if name not in BENCHMARKS:
                 raise ValueError(f"unknown flow benchmark {name!r}; valid: {sorted(BENCHMARKS)}")
         self.save_hyperparameters(logger=False)
-        _plain_hparams(self)
+        plain_hparams(self)
         self.real_pairs = list(val)
         self._sets: dict[str, Dataset] = {}
 

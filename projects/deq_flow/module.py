@@ -66,8 +66,6 @@ class FlowModule(DEQLitModule):
             raise ValueError(f"max_flow must be > 0, got {max_flow!r}")
         self.max_flow = max_flow
         self.pair_names = [str(n) for n in pair_names]
-        # A plain list, not the config's ListConfig: checkpoints must load with weights_only.
-        self.hparams["pair_names"] = self.pair_names
         self.add_metric("epe", MeanMetric, stages=("train", "val"))
         for name in [*self.pair_names, SYNTHETIC]:
             self.add_metric(f"epe_{name}", MeanMetric, stages=("test",))

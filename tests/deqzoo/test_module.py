@@ -181,3 +181,28 @@ def test_module_model_step_needs_a_loss_in_training():
     model.model_step = lambda batch, stage: {}
     with pytest.raises(KeyError, match="'loss'"):
         model._step(_batch(datamodule), "train")
+
+
+def test_module_checkpoint_hyperparameters_load_with_weights_only(tmp_path):
+    # Hydra hands nested nodes over as OmegaConf containers; a checkpoint holding them fails
+    # torch.load(weights_only=True), which Lightning uses to test the best checkpoint.
+    import functools
+
+    from deqzoo.module import DEQLitModule
+
+    class Module(DEQLitModule):
+        def __init__(self, net, optimizer, evaluation, steps, **kwargs):
+            super().__init__(net, optimizer, **kwargs)
+
+    options = OmegaConf.create({"evaluation": {"steps": [10, 50]}, "steps": [1, 2]})
+    module = Module(
+        torch.nn.Linear(2, 2),
+        functools.partial(torch.optim.SGD, lr=0.1),
+        evaluation=options.evaluation,
+        steps=options.steps,
+    )
+    assert module.hparams["evaluation"] == {"steps": [10, 50]}
+    path = tmp_path / "hparams.pt"
+    torch.save({"hyper_parameters": dict(module.hparams)}, path)
+    loaded = torch.load(path, weights_only=True)["hyper_parameters"]
+    assert loaded["evaluation"] == {"steps": [10, 50]} and loaded["steps"] == [1, 2]
