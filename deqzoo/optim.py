@@ -28,6 +28,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 __all__ = [
     "WallClockExponentialLR",
+    "WallClockLR",
     "WarmupCosineLR",
     "complete_scheduler",
     "decay_groups",
@@ -200,7 +201,50 @@ class WarmupCosineLR(LRScheduler):
         return [self.factor(base, self.last_epoch) for base in self.base_lrs]
 
 
-class WallClockExponentialLR(LRScheduler):
+class WallClockLR(LRScheduler):
+    """Base of schedules over a wall-clock budget: keeps ``elapsed`` and :attr:`progress`.
+
+    ``elapsed`` is the wall-clock time between the scheduler's first and last ``step`` (so it
+    counts everything the run does meanwhile, validation included); ``progress`` is
+    ``min(elapsed / budget_s, 1)``. A resumed run goes on from the saved ``elapsed``; the time it
+    was stopped does not count. Subclasses implement ``get_lr`` from ``progress``.
+
+    Args:
+        optimizer (Optimizer): The optimiser.
+        budget_s (float): Seconds of the schedule (keep it equal to ``trainer.max_time``).
+        last_epoch (int, optional): As for every PyTorch scheduler. Default -1.
+
+    Raises:
+        ValueError: For a non-positive budget.
+    """
+
+    def __init__(self, optimizer: Optimizer, budget_s: float, last_epoch: int = -1) -> None:
+        if not budget_s > 0:
+            raise ValueError(f"budget_s must be > 0, got {budget_s!r}")
+        self.budget_s = float(budget_s)
+        self.elapsed = 0.0
+        self._last: float | None = None
+        super().__init__(optimizer, last_epoch)
+
+    @property
+    def progress(self) -> float:
+        """The spent fraction of the budget, at most 1."""
+        return min(self.elapsed / self.budget_s, 1.0)
+
+    def step(self, epoch: int | None = None) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.elapsed += now - self._last
+        self._last = now
+        super().step(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.pop("_last", None)  # a clock reading means nothing in another process
+        return state
+
+
+class WallClockExponentialLR(WallClockLR):
     """``lr = base_lr * final_factor ** min(elapsed / budget_s, 1)``, stepped per optimiser step.
 
     A run trained for a fixed time budget (say 10 minutes) takes as many steps as the machine
@@ -236,29 +280,10 @@ class WallClockExponentialLR(LRScheduler):
         final_factor: float = 0.1,
         last_epoch: int = -1,
     ) -> None:
-        if not budget_s > 0:
-            raise ValueError(f"budget_s must be > 0, got {budget_s!r}")
         if not final_factor > 0:
             raise ValueError(f"final_factor must be > 0, got {final_factor!r}")
-        self.budget_s = float(budget_s)
         self.final_factor = float(final_factor)
-        self.elapsed = 0.0
-        self._last: float | None = None
-        super().__init__(optimizer, last_epoch)
-
-    def step(self, epoch: int | None = None) -> None:
-        now = time.perf_counter()
-        if self._last is not None:
-            self.elapsed += now - self._last
-        self._last = now
-        super().step(epoch)
+        super().__init__(optimizer, budget_s, last_epoch)
 
     def get_lr(self) -> list[float]:
-        frac = min(self.elapsed / self.budget_s, 1.0)
-        return [base * self.final_factor**frac for base in self.base_lrs]
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        # A clock reading means nothing in another process.
-        state.pop("_last", None)
-        return state
+        return [base * self.final_factor**self.progress for base in self.base_lrs]

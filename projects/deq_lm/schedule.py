@@ -11,16 +11,15 @@ post-LayerNorm transformer needs.)
 from __future__ import annotations
 
 import math
-import time
-from typing import Any
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+
+from deqzoo.optim import WallClockLR
 
 __all__ = ["WallClockWarmupCosine"]
 
 
-class WallClockWarmupCosine(LRScheduler):
+class WallClockWarmupCosine(WallClockLR):
     """Linear warm-up over ``warmup_steps`` optimiser steps, then cosine decay to
     ``final_factor * base_lr`` when ``budget_s`` seconds of wall clock (validation included)
     have passed since the first step. Step it per optimiser step.
@@ -50,35 +49,18 @@ class WallClockWarmupCosine(LRScheduler):
         final_factor: float = 0.0,
         last_epoch: int = -1,
     ) -> None:
-        if not budget_s > 0:
-            raise ValueError(f"budget_s must be > 0, got {budget_s!r}")
         if warmup_steps < 0 or not 0 <= final_factor <= 1:
             raise ValueError(
                 f"warmup_steps must be >= 0 and final_factor in [0, 1], got {warmup_steps}, "
                 f"{final_factor}"
             )
-        self.budget_s = float(budget_s)
         self.warmup_steps, self.final_factor = int(warmup_steps), float(final_factor)
-        self.elapsed = 0.0
-        self._last: float | None = None
-        super().__init__(optimizer, last_epoch)
-
-    def step(self, epoch: int | None = None) -> None:
-        now = time.perf_counter()
-        if self._last is not None:
-            self.elapsed += now - self._last
-        self._last = now
-        super().step(epoch)
+        super().__init__(optimizer, budget_s, last_epoch)
 
     def get_lr(self) -> list[float]:
         if self.last_epoch < self.warmup_steps:
             factor = (self.last_epoch + 1) / self.warmup_steps
         else:
-            cos = 0.5 * (1 + math.cos(math.pi * min(self.elapsed / self.budget_s, 1.0)))
+            cos = 0.5 * (1 + math.cos(math.pi * self.progress))
             factor = self.final_factor + (1 - self.final_factor) * cos
         return [base * factor for base in self.base_lrs]
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state.pop("_last", None)  # a clock reading means nothing in another process
-        return state
