@@ -624,3 +624,36 @@ def test_spectral_norm_bound_holds_at_apply_in_float32_for_many_seeds():
         sigma = torch.linalg.matrix_norm(conv.weight.detach().reshape(16, -1), ord=2).item()
         worst = max(worst, sigma)
     assert worst <= 1.0 + 1e-5
+
+
+@pytest.mark.parametrize("norm", ["weight_norm", "spectral_norm"])
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_recomputed_weights_leave_nothing_behind(norm, checkpointed):
+    # Each parameter update recomputes the weight with its graph; the old graph must die with
+    # the cache that held it. (A pack hook returning the norm's saved output once tied it to
+    # its node in a cycle the garbage collector cannot see: one tensor per update and layer,
+    # 3 MiB per training step on deq_lm, 10 GiB in ten minutes.)
+    import gc
+
+    from torch.utils.checkpoint import checkpoint
+
+    layer = nn.Linear(8, 8)
+    apply_norm(layer, norm)
+    x = torch.randn(2, 8)
+
+    def step():
+        out = checkpoint(layer, x, use_reentrant=False) if checkpointed else layer(x)
+        out.sum().backward()
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.add_(0.01)  # an optimiser step: the next call recomputes the weight
+
+    def live_tensors():
+        gc.collect()
+        return sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
+
+    step()
+    before = live_tensors()
+    for _ in range(10):
+        step()
+    assert live_tensors() == before

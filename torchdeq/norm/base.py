@@ -29,8 +29,9 @@ forward pass, call the norm's ``compute_weight``.
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -87,6 +88,34 @@ class _Cached(NamedTuple):
 
 def _keep(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
+
+
+@contextlib.contextmanager
+def _outside_saved_tensor_hooks() -> Iterator[None]:
+    """Suspends every active pair of saved-tensor hooks (``torch.utils.checkpoint``'s, say).
+
+    Autograd then saves tensors its own way, which holds a saved *output* without a reference
+    cycle and keeps double backward exact. Pushing an identity pair instead (``_keep``) would
+    escape the outer hooks too, but a pack hook that returns a node's own output ties the
+    output and its node in a cycle the garbage collector cannot see: every recomputed weight's
+    graph would leak (about 3 MiB per training step on the deq_lm default). The identity pair
+    is the fallback where the stack of hooks cannot be inspected.
+    """
+    hooks = torch._C._autograd
+    needed = ("_top_saved_tensors_default_hooks", "_pop_saved_tensors_default_hooks")
+    if not all(hasattr(hooks, name) for name in needed):  # pragma: no cover - older torch
+        with torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
+            yield
+        return
+    suspended = []
+    while (pair := hooks._top_saved_tensors_default_hooks(False)) is not None:
+        suspended.append(pair)
+        hooks._pop_saved_tensors_default_hooks()
+    try:
+        yield
+    finally:
+        for pack, unpack in reversed(suspended):
+            hooks._push_saved_tensors_default_hooks(pack, unpack)
 
 
 def _as_list(value: Any) -> list:
@@ -305,7 +334,7 @@ class BaseNorm:
             # The weight's own graph stores its tensors plainly, even inside
             # torch.utils.checkpoint: a checkpoint's recomputation finds the cached weight and
             # would otherwise save fewer tensors than its forward did (a CheckpointError).
-            with torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
+            with _outside_saved_tensor_hooks():
                 weights = self._weights(module)
             weights = _Reusable.apply(weights, *[t for t in tensors if t.requires_grad])
             detached = [w.detach() for w in weights]
