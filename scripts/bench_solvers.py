@@ -30,6 +30,10 @@ With ``--json`` the last line printed is one JSON object with, for each
 ``"<solver>/<workload>"``, the keys ``ours_ms``, ``floor_ms``, ``limit_ms`` and ``original_ms``
 (null without ``--reference``), each the minimum over the repeats.
 
+A solver may carry options for our implementation, ``name:key=value,...`` (values are Python
+literals), e.g. ``--solvers anderson anderson:safeguard=False`` to time an option's cost; the
+original gets the plain name.
+
 Usage:
     python scripts/bench_solvers.py --reference .reference
     python scripts/bench_solvers.py --reference .reference --json
@@ -38,6 +42,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import ast
+import functools
 import json
 import os
 import subprocess
@@ -116,7 +122,17 @@ def floor_loop(name: str, f, z0, max_iter: int, history) -> None:
             z = fz
 
 
-def serve(max_iter: int, clock: str) -> None:
+def parse_solver(spec: str) -> tuple[str, dict]:
+    """``'anderson:m=5,safeguard=False'`` -> ``('anderson', {'m': 5, 'safeguard': False})``."""
+    name, _, opts = spec.partition(":")
+    kwargs = {}
+    for item in filter(None, opts.split(",")):
+        key, _, value = item.partition("=")
+        kwargs[key] = ast.literal_eval(value)
+    return name, kwargs
+
+
+def serve(max_iter: int, clock: str, with_options: bool) -> None:
     """Worker loop: answers one measurement per request line ``solver workload``."""
     import torch
 
@@ -130,7 +146,10 @@ def serve(max_iter: int, clock: str) -> None:
         if workload not in workloads:
             workloads[workload] = make_workload(workload)
         f, z0 = workloads[workload]
-        solver = get_solver(name)
+        name, kwargs = parse_solver(name)
+        if not with_options:
+            kwargs = {}
+        solver = functools.partial(get_solver(name), **kwargs)
         calls = [0]
 
         def counted(z, f=f, calls=calls):
@@ -159,10 +178,10 @@ def serve(max_iter: int, clock: str) -> None:
 class Worker:
     """A worker process for one implementation, found through PYTHONPATH alone."""
 
-    def __init__(self, pythonpath: str, args: argparse.Namespace):
+    def __init__(self, pythonpath: str, args: argparse.Namespace, with_options: bool):
         env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
         cmd = [sys.executable, __file__, "--serve", "--max-iter", str(args.max_iter)]
-        cmd += ["--clock", args.clock]
+        cmd += ["--clock", args.clock] + (["--with-options"] if with_options else [])
         self.proc = subprocess.Popen(
             cmd, env=env, cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -224,14 +243,15 @@ def main() -> None:
         "--json", action="store_true", help="print one JSON object of the times last"
     )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--with-options", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.max_iter, args.clock)
+        serve(args.max_iter, args.clock, args.with_options)
         return
     paths = {"ours": str(ROOT)}
     if args.reference:
         paths["original"] = str(Path(args.reference).resolve())
-    workers = {name: Worker(path, args) for name, path in paths.items()}
+    workers = {name: Worker(path, args, name == "ours") for name, path in paths.items()}
     cases = [(s, w) for w in args.workloads for s in args.solvers]
     rows = {(name, case): [] for name in paths for case in cases}
     try:

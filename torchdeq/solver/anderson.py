@@ -16,6 +16,8 @@ from torchdeq.utils.checks import OptionError, check_int, check_real
 
 # keeps the mixing system solvable when every stored residual is exactly zero
 _REG_FLOOR = 1e-30
+# the safeguard rejects a mixed step that multiplies the residual norm by more than this
+_MIXED_GROWTH = 10.0
 
 
 class AndersonMixing(UpdateRule):
@@ -29,20 +31,24 @@ class AndersonMixing(UpdateRule):
     invertible when every residual is exactly zero. The Gram matrix is updated one row per
     step, so a step costs two passes over the history.
 
-    Safeguards (per sample, ``safeguard=True``): a mixed step whose residual turns out larger
-    than the residual of the iterate it came from is rejected at the next step, which then
-    takes the plain damped step ``x + tau g`` and restarts the history from it; so does a
-    step whose weights have ``||alpha||_1 > max_weight`` (a nearly singular Gram system,
-    whose mixture cancels large terms). A restart hides the older rows from the mixing
-    system exactly (their rows and columns become identity rows with a zero right-hand
-    side), so no pass over the history is spent on it, and the plain step is the mixture
-    with a one-hot weight.
+    Safeguards (per sample, ``safeguard=True``): a step fails when a mixed step multiplied
+    the residual norm by more than ten, or a plain step grew it at all. A failed step is
+    answered at the next step with the plain damped step ``x + tau g`` and a restart of the
+    history from it, so a sample keeps iterating plainly for as long as plain iteration
+    grows its residual (the transient growth of a non-normal map, where mixing the growing
+    residuals stalls) and mixes again once it shrinks. A step whose weights have
+    ``||alpha||_1 > max_weight`` (a nearly singular Gram system, whose mixture cancels large
+    terms) restarts too. Anderson's ordinary non-monotone residuals (up to 10x) are left
+    alone: rejecting every growth costs 4x the steps on a badly scaled map. A restart hides
+    the older rows from the mixing system exactly (their rows and columns become identity
+    rows with a zero right-hand side), so no pass over the history is spent on it, and the
+    plain step is the mixture with a one-hot weight.
 
     Args:
         m (int): History size.
         lam (float): Relative regularisation of the mixing weights.
         tau (float): Damping factor.
-        safeguard (bool): Reject growing mixed steps and restart (see above).
+        safeguard (bool): Reject failed steps and restart (see above).
         max_weight (float): Restart when ``||alpha||_1`` exceeds it (with ``safeguard``).
     """
 
@@ -98,8 +104,6 @@ class AndersonMixing(UpdateRule):
             guard.observe(k, slot, self.gram_host[:, slot, slot])
         if n == 1:
             # one residual: the weight is 1 and the step is the damped fixed-point step
-            if guard is not None:
-                guard.mixed[:] = False
             return torch.lerp(z, fz, self.tau), None
         system = torch.addcmul(self.floor_n[n], self.gram_n[n], self.scale_n[n])
         rhs = self.ones_n[n]
@@ -116,9 +120,11 @@ class _Guard:
     """Per-sample safeguard state of :class:`AndersonMixing`: restarts and step rejection.
 
     ``since[b]`` is the first step whose history row sample ``b`` may mix; ``written[s]`` the
-    step that wrote slot ``s``. On the CPU the bookkeeping runs on NumPy views
-    (:mod:`torchdeq.solver.small`) and the mixing system is masked only when some sample has
-    restarted, so an unguarded-looking solve pays a few microseconds per step.
+    step that wrote slot ``s``; ``bound[b]`` the squared residual the next step must not
+    exceed: the last one, times ``_MIXED_GROWTH**2`` when the step mixes. On the CPU the
+    bookkeeping runs on NumPy views (:mod:`torchdeq.solver.small`) and the mixing system is
+    masked only when some sample has restarted, so a solve without restarts pays a few
+    microseconds per step.
     """
 
     def __init__(self, batch: int, size: int, like: dict):
@@ -126,56 +132,61 @@ class _Guard:
         self.on_host = small.np is not None and device.type == "cpu"
         self.since = small.host(torch.zeros(batch, dtype=torch.long, device=device))
         self.written = small.host(torch.zeros(size, dtype=torch.long, device=device))
-        self.prev_sq = small.host(torch.full((batch,), float("inf"), **like))
-        self.mixed = small.host(torch.zeros(batch, dtype=torch.bool, device=device))
+        self.bound = small.host(torch.full((batch,), float("inf"), **like))
         self.eye = torch.eye(size, **like)
-        self.restarted = False  # on the host: whether any sample's history is cut
+        self.restarted = False  # on the host: whether some sample's history may be cut
 
     def observe(self, k: int, slot: int, g_sq) -> None:
-        """Rejects the previous mixed step of samples whose residual grew: restart at ``k``."""
-        self.written[slot] = k
-        reject = self.mixed & (g_sq > self.prev_sq)
-        self.prev_sq[:] = g_sq
-        self._restart(k, reject)
+        """Restarts at ``k`` the samples whose last step failed (see :class:`AndersonMixing`).
 
-    def _restart(self, k: int, which) -> None:
-        self.since[:] = small.where(which, k, self.since)
-        if self.on_host:
-            self.restarted = self.restarted or bool(which.any())
+        A mixed step fails when it multiplied the residual norm by more than
+        ``_MIXED_GROWTH``; a plain step when it grew the residual at all, so a sample keeps
+        iterating plainly through the transient growth of a non-normal map.
+        """
+        self.written[slot] = k
+        reject = g_sq > self.bound
+        self.bound[:] = g_sq
+        if not self.on_host:
+            self.since[:] = torch.where(reject, k, self.since)
+        elif reject.any():
+            self.since[reject] = k
+            self.restarted = True
+
+    def _valid(self, n: int):
+        return self.written[:n][None, :] >= self.since[:, None]
 
     def mask(self, k: int, n: int, system: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
         """Hides rows older than each sample's restart from the mixing system."""
-        if self.on_host:
-            if not self.restarted:
-                return system, rhs
-            valid = small.as_tensor(self.written[:n][None, :] >= self.since[:, None])
-            if bool(valid.all()):
-                self.restarted = False
-                return system, rhs
-        else:
-            valid = self.written[:n][None, :] >= self.since[:, None]
+        if self.on_host and not self.restarted:
+            return system, rhs
+        valid = small.as_tensor(self._valid(n))
+        if self.on_host and valid.all():
+            self.restarted = False
+            return system, rhs
         keep = valid.to(system.dtype)
         system = system * (keep[:, :, None] * keep[:, None, :]) + torch.diag_embed(1.0 - keep)
         return system, keep[:, :, None]
 
     def limit(self, k: int, slot: int, n: int, alpha: Tensor, max_weight: float) -> Tensor:
-        """Restarts samples whose weights blew up; their step becomes the plain one."""
-        weight = alpha.abs().sum(dim=1)[:, 0]
-        bad = ~(weight <= max_weight)  # NaN weights too
-        if self.on_host:
-            bad = small.host(bad)
-            if bad.any():
-                self._restart(k, bad)
-                alpha = alpha.clone()
-                alpha[small.as_tensor(bad)] = self.eye[:n, slot, None]
-            # a sample mixed if it kept more than its newest row
-            self.mixed[:] = small.host(
-                small.as_tensor(self.written[:n][None, :] >= self.since[:, None]).sum(1) > 1
-            )
-            return alpha
-        self._restart(k, bad)
-        alpha = torch.where(bad[:, None, None], self.eye[:n, slot, None], alpha)
-        self.mixed.copy_((self.written[:n][None, :] >= self.since[:, None]).sum(1) > 1)
+        """Restarts samples whose weights blew up (their step becomes the plain one) and
+        loosens the bound of the samples that mixed."""
+        growth = _MIXED_GROWTH**2
+        if not self.on_host:
+            bad = ~(alpha.abs().sum(dim=1)[:, 0] <= max_weight)  # NaN weights too
+            self.since[:] = torch.where(bad, k, self.since)
+            mixed = self._valid(n).sum(1) > 1  # kept more than the newest row
+            self.bound.mul_(torch.where(mixed, growth, 1.0))
+            return torch.where(bad[:, None, None], self.eye[:n, slot, None], alpha)
+        weights = small.host(alpha)  # (B, n, 1), fresh: safe to edit in place
+        bad = ~(abs(weights).sum(axis=1)[:, 0] <= max_weight)
+        if bad.any():
+            self.since[bad] = k
+            self.restarted = True
+            weights[bad] = small.host(self.eye)[:n, slot, None]
+        if self.restarted:
+            self.bound[self._valid(n).sum(1) > 1] *= growth
+        else:
+            self.bound *= growth
         return alpha
 
 
