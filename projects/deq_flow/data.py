@@ -182,6 +182,10 @@ class SyntheticFlowDataModule(L.LightningDataModule):
         max_layers (int, optional): Most foreground layers. Default 3.
         stereo_prob (float, optional): Share of stereo-like pairs. Default 0.3.
         max_shift (float, optional): Background motion (fraction of the width). Default 0.12.
+        max_rotation (float, optional): Largest rotation of a layer, in degrees. Default 10.
+        max_zoom (float, optional): Largest relative scale change of a layer. Default 0.12.
+        perspective (float, optional): Size of the background's projective terms (relative
+            to the image size). Default 0.1.
         num_workers (int, optional): Loader workers. Default 0.
         data_dir (str, optional): The data cache root (for the OpenCV samples).
     """
@@ -200,6 +204,9 @@ class SyntheticFlowDataModule(L.LightningDataModule):
         max_layers: int = 3,
         stereo_prob: float = 0.3,
         max_shift: float = 0.12,
+        max_rotation: float = 10.0,
+        max_zoom: float = 0.12,
+        perspective: float = 0.1,
         num_workers: int = 0,
         data_dir: str | None = None,
     ) -> None:
@@ -226,6 +233,9 @@ class SyntheticFlowDataModule(L.LightningDataModule):
             stereo_prob=hp.stereo_prob,
             max_shift=hp.max_shift,
             max_fg_shift=hp.max_shift,
+            max_rotation=hp.max_rotation,
+            max_zoom=hp.max_zoom,
+            perspective=hp.perspective,
         )
         self._sets["train"] = SyntheticPairs(
             gen, hp.train_length, augment=True, mask_occlusions=hp.mask_occlusions
