@@ -65,7 +65,8 @@ class DEQStats(Callback):
 
     Training values are logged per step, validation and test values as epoch means (the
     ``nstep_max`` entry as the epoch maximum). Solvers that track no statistics (e.g.
-    ``simple_fixed_point_iter``, which reports -1) are skipped.
+    ``simple_fixed_point_iter``, which reports -1) are skipped, and so are the residuals of a
+    solve that ran no step (``f_max_iter=0``).
 
     Args:
         stages (tuple[str, ...], optional): Which of ``'train'``, ``'val'``, ``'test'`` to log.
@@ -102,8 +103,12 @@ class DEQStats(Callback):
             return {}
         nstep = torch.as_tensor(nstep).detach().float()
         out = {"nstep": (nstep.mean(), "mean"), "nstep_max": (nstep.max(), "max")}
+        # A solve of no steps (f_max_iter=0, the phantom-only training of deq_lm) measured no
+        # residual: its lowest residual is inf by convention, not a value to average.
+        trace = info.get("abs_trace")
+        measured = trace is None or torch.as_tensor(trace).shape[-1] > 0
         for key, name in (("abs_lowest", "abs_residual"), ("rel_lowest", "rel_residual")):
-            if key in info:
+            if key in info and measured:
                 out[name] = (torch.as_tensor(info[key]).detach().float().mean(), "mean")
         for key in ("nonfinite", "converged"):  # fractions of the batch
             if key in info:

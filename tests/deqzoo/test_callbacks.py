@@ -54,6 +54,19 @@ def test_framework_deq_stats_summarise_known_values():
     assert DEQStats.summarise({"nstep": -torch.ones(1, 1)}) == {}
 
 
+def test_framework_deq_stats_skip_the_residuals_of_a_solve_of_no_steps():
+    # f_max_iter=0 (training by phantom steps alone): the lowest residuals are inf by
+    # convention and must not be logged as values
+    from torchdeq import get_deq
+
+    _, info = get_deq(f_max_iter=0, grad=2)(lambda z: 0.5 * z + 1, torch.zeros(2, 3))
+    got = DEQStats.summarise(info)
+    assert "abs_residual" not in got and "rel_residual" not in got
+    assert float(got["nstep"][0]) == 0.0 and float(got["converged"][0]) == 0.0
+    _, info = get_deq(f_max_iter=2, grad=2)(lambda z: 0.5 * z + 1, torch.zeros(2, 3))
+    assert torch.isfinite(DEQStats.summarise(info)["abs_residual"][0])
+
+
 def test_framework_deq_reset_redraws_dropout_masks():
     torch.manual_seed(0)
     module = L.LightningModule()
