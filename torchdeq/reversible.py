@@ -115,7 +115,7 @@ class _Run:
                 y = torch.lerp(y, fz, b)
                 z = torch.lerp(z, f(y), b)
                 done += 1
-        return y, z, done, _stat(res, fnorm, done, z0), inputs
+        return y, z, done, _stat(res, fnorm, done, z0, tol, rel), inputs
 
     def backward(self, y: Tensor, z: Tensor, steps: int, grad_z: Tensor, inputs: list[Tensor]):
         """Reconstructs the states backwards and returns ``dL/dinputs`` (None where unused)."""
@@ -162,7 +162,9 @@ class _Reversible(torch.autograd.Function):
         return (None, None, None, None, *totals)
 
 
-def _stat(res: list[Tensor], fnorm: list[Tensor], done: int, z0: Tensor) -> SolverStat:
+def _stat(
+    res: list[Tensor], fnorm: list[Tensor], done: int, z0: Tensor, tol: float, rel: bool
+) -> SolverStat:
     batch = z0.shape[0]
     if res:
         abs_trace = torch.stack(res, dim=1)
@@ -178,6 +180,7 @@ def _stat(res: list[Tensor], fnorm: list[Tensor], done: int, z0: Tensor) -> Solv
         rel_trace=rel_trace,
         nstep=z0.new_full((batch,), float(done)),
         nonfinite=~torch.isfinite(abs_trace).all(dim=1),
+        converged=torch.isfinite(abs_last) & ((rel_last if rel else abs_last) <= tol),
     )
 
 

@@ -122,6 +122,19 @@ def test_reversible_eval_runs_the_same_iteration():
     assert info["abs_trace"].shape == (2, 10)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_reversible_info_holds_every_stat_key(training):
+    from torchdeq.solver.stat import STAT_KEYS
+
+    # z = c z + 1: the residual shrinks like c^n, so only the c = 0.1 sample meets the tolerance
+    c = torch.tensor([[0.1], [0.9]], dtype=DTYPE)
+    deq = get_deq(core="reversible", beta=0.5, f_max_iter=8, f_tol=0.05).train(training)
+    _, info = deq(lambda z: c * z + 1.0, torch.zeros(2, 3, dtype=DTYPE))
+    assert set(STAT_KEYS) <= set(info), set(STAT_KEYS) - set(info)
+    assert info["converged"].dtype == torch.bool
+    assert info["converged"].tolist() == (info["abs_lowest"] <= 0.05).tolist() == [True, False]
+
+
 @pytest.mark.parametrize(
     "options,match",
     [({"beta": 1.0}, "beta=1.0"), ({"beta": 2.5}, "beta"),
