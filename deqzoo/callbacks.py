@@ -103,7 +103,7 @@ class DEQStats(Callback):
             return {}
         nstep = torch.as_tensor(nstep).detach().float()
         out = {"nstep": (nstep.mean(), "mean"), "nstep_max": (nstep.max(), "max")}
-        # A solve of no steps (f_max_iter=0, the phantom-only training of deq_lm) measured no
+        # A solve of no steps (f_max_iter=0: training by phantom steps alone) measured no
         # residual: its lowest residual is inf by convention, not a value to average.
         trace = info.get("abs_trace")
         measured = trace is None or torch.as_tensor(trace).shape[-1] > 0

@@ -654,6 +654,7 @@ def test_recomputed_weights_leave_nothing_behind(norm, checkpointed):
 
     step()
     before = live_tensors()
-    for _ in range(10):
+    for _ in range(30):
         step()
-    assert live_tensors() == before
+    # one leaked tensor per update would add 30; other tests' garbage may only shrink the count
+    assert live_tensors() <= before
