@@ -177,7 +177,7 @@ class SyntheticFlowDataModule(L.LightningDataModule):
             :data:`~projects.deq_flow.pairs.REAL_PAIRS`.
         eval_long_side (int | Mapping[str, int], optional): Long side real pairs are fed at,
             for all or per pair (``{graffiti: 160}``; a pair left out runs at full size).
-            Default 320.
+            Default 200.
         mask_occlusions (bool, optional): Train only on non-occluded pixels. Default False.
         max_layers (int, optional): Most foreground layers. Default 3.
         stereo_prob (float, optional): Share of stereo-like pairs. Default 0.3.
@@ -199,7 +199,7 @@ class SyntheticFlowDataModule(L.LightningDataModule):
         val_length: int = 32,
         val_seed: int = 1000003,
         real_pairs: Sequence[str] = REAL_PAIRS,
-        eval_long_side: int | Mapping[str, int] | None = 320,
+        eval_long_side: int | Mapping[str, int] | None = 200,
         mask_occlusions: bool = False,
         max_layers: int = 3,
         stereo_prob: float = 0.3,
