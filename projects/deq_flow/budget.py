@@ -13,16 +13,19 @@ import time
 
 import lightning as L
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+
+from deqzoo.optim import WallClockLR
 
 __all__ = ["CPUTimeBudget", "CPUTimeLR"]
 
 
-class CPUTimeLR(LRScheduler):
+class CPUTimeLR(WallClockLR):
     """Linear warm-up then linear decay over a budget of process CPU seconds.
 
-    ``lr = base_lr * min(p / warmup, 1) * (1 - (1 - final_factor) * p')`` with ``p`` the spent
-    fraction of the budget and ``p'`` its fraction after the warm-up (capped at 1).
+    ``lr = base_lr * max(p / warmup, 1e-3)`` while warming up, then
+    ``base_lr * (1 - (1 - final_factor) * p')``, with ``p`` the spent fraction of the budget and
+    ``p'`` its fraction after the warm-up. The budget bookkeeping (and resuming) is
+    :class:`deqzoo.optim.WallClockLR`'s, on the process CPU clock.
 
     Args:
         optimizer (Optimizer): The optimiser.
@@ -40,6 +43,10 @@ class CPUTimeLR(LRScheduler):
         0.5
     """
 
+    @staticmethod
+    def clock() -> float:
+        return time.process_time()
+
     def __init__(
         self,
         optimizer: Optimizer,
@@ -48,38 +55,20 @@ class CPUTimeLR(LRScheduler):
         final_factor: float = 0.05,
         last_epoch: int = -1,
     ) -> None:
-        if not budget_s > 0:
-            raise ValueError(f"budget_s must be > 0, got {budget_s!r}")
         if not 0 <= warmup < 1 or not 0 < final_factor <= 1:
             raise ValueError(
                 f"need 0 <= warmup < 1 and 0 < final_factor <= 1, got {warmup}, {final_factor}"
             )
-        self.budget_s, self.warmup, self.final_factor = float(budget_s), warmup, final_factor
-        self.start = time.process_time()
-        super().__init__(optimizer, last_epoch)
-
-    def factor(self) -> float:
-        p = min((time.process_time() - self.start) / self.budget_s, 1.0)
-        if self.last_epoch <= 0:
-            return 1e-3 if self.warmup else 1.0
-        if p < self.warmup:
-            return max(p / self.warmup, 1e-3)
-        rest = (p - self.warmup) / (1 - self.warmup)
-        return 1.0 - (1.0 - self.final_factor) * rest
+        self.warmup, self.final_factor = warmup, final_factor
+        super().__init__(optimizer, budget_s, last_epoch)
 
     def get_lr(self) -> list[float]:
-        f = self.factor()
+        p = self.progress
+        if p < self.warmup:
+            f = max(p / self.warmup, 1e-3)
+        else:
+            f = 1.0 - (1.0 - self.final_factor) * (p - self.warmup) / (1 - self.warmup)
         return [base * f for base in self.base_lrs]
-
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        state["spent"] = time.process_time() - self.start
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        spent = state.pop("spent", 0.0)
-        super().load_state_dict(state)
-        self.start = time.process_time() - spent
 
 
 class CPUTimeBudget(L.Callback):
