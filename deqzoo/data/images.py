@@ -22,7 +22,14 @@ from deqzoo.data.idx import read_idx
 from deqzoo.data.sources import data_root, require
 from torchdeq.utils.checks import Registry
 
-__all__ = ["ImageSet", "IMAGE_SETS", "load_image_set", "random_crop_flip", "ImageDataModule"]
+__all__ = [
+    "ImageSet",
+    "IMAGE_SETS",
+    "load_image_set",
+    "random_crop_flip",
+    "SplitsDataModule",
+    "ImageDataModule",
+]
 
 
 @dataclass
@@ -142,7 +149,45 @@ def random_crop_flip(x: torch.Tensor, padding: int = 4, generator=None) -> torch
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-class ImageDataModule(L.LightningDataModule):
+class SplitsDataModule(L.LightningDataModule):
+    """A data module whose splits are in-memory ``TensorDataset`` s in ``self.data``.
+
+    Subclasses fill ``self.data`` (``'train'``, ``'val'``, ``'test'``) in ``setup`` and keep
+    ``batch_size``, ``eval_batch_size`` (None: ``batch_size``) and optionally ``num_workers`` in
+    their hyperparameters; the loaders shuffle the training split only.
+    """
+
+    data: dict[str, TensorDataset]
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of the images (after :meth:`setup`)."""
+        return tuple(self.data["train"].tensors[0].shape[1:])
+
+    def _loader(self, split: str) -> DataLoader:
+        hp = self.hparams
+        train = split == "train"
+        workers = hp.get("num_workers", 0)
+        return DataLoader(
+            self.data[split],
+            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
+            shuffle=train,
+            drop_last=False,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+class ImageDataModule(SplitsDataModule):
     """An in-memory image-classification data module with a train/val split.
 
     Images are normalised per channel with the training split's mean and std. Batches are
@@ -243,32 +288,6 @@ class ImageDataModule(L.LightningDataModule):
             "val": TensorDataset(norm(train_x[val_idx]), train_y[val_idx]),
             "test": TensorDataset(norm(test_x), test_y),
         }
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of the images (after :meth:`setup`)."""
-        return tuple(self.data["train"].tensors[0].shape[1:])
-
-    def _loader(self, split: str) -> DataLoader:
-        hp = self.hparams
-        train = split == "train"
-        return DataLoader(
-            self.data[split],
-            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
-            shuffle=train,
-            drop_last=False,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.hparams.augment and self.trainer is not None and self.trainer.training:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from deqzoo.data import check_sizes, load_image_set
+from deqzoo.data.images import SplitsDataModule
 
 __all__ = ["DiffusionDataModule", "to_unit_range"]
 
@@ -33,7 +33,7 @@ def to_unit_range(x: Tensor, size: int | None) -> Tensor:
     return (x * 2 - 1).clamp(-1, 1)
 
 
-class DiffusionDataModule(L.LightningDataModule):
+class DiffusionDataModule(SplitsDataModule):
     """Unlabelled-use image batches ``(images (B, C, S, S) in [-1, 1], labels (B,))``.
 
     Args:
@@ -111,23 +111,3 @@ class DiffusionDataModule(L.LightningDataModule):
                 to_unit_range(test_x[: hp.test_limit], hp.size), test_y[: hp.test_limit]
             ),
         }
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, S, S) of the images (after :meth:`setup`)."""
-        return tuple(self.data["train"].tensors[0].shape[1:])
-
-    def _loader(self, split: str) -> DataLoader:
-        hp = self.hparams
-        train = split == "train"
-        size = hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)
-        return DataLoader(self.data[split], batch_size=size, shuffle=train)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
